@@ -1,0 +1,116 @@
+"""FiLM: a learned per-channel scale and shift on the output of a frozen normalization layer.
+
+``y = norm(x) * scale + shift``. Merging folds scale and shift into the norm's affine parameters
+(``w' = w * scale``, ``b' = b * scale + shift``), so the exported model has no extra op.
+"""
+
+from __future__ import annotations
+
+import torch
+from opacus.grad_sample import register_grad_sampler
+from torch import nn
+
+#: normalization layers FiLM knows how to wrap, with the dimension that holds their channels
+NORM_CHANNEL_DIM: dict[type[nn.Module], int] = {nn.GroupNorm: 1, nn.LayerNorm: -1}
+
+
+class FiLM(nn.Module):
+    """Per-channel affine modulation; ``channel_dim`` is 1 for NCHW maps and -1 for tokens."""
+
+    def __init__(self, num_channels: int, channel_dim: int = 1) -> None:
+        super().__init__()
+        self.channel_dim = channel_dim
+        self.scale = nn.Parameter(torch.ones(num_channels))
+        self.shift = nn.Parameter(torch.zeros(num_channels))
+
+    def _view(self, p: torch.Tensor, ndim: int) -> torch.Tensor:
+        if self.channel_dim == -1:
+            return p
+        shape = [1] * ndim
+        shape[self.channel_dim] = -1
+        return p.view(shape)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._view(self.scale, x.dim()) + self._view(self.shift, x.dim())
+
+
+@register_grad_sampler(FiLM)
+def _film_grad_sample(
+    layer: FiLM, activations: list[torch.Tensor], backprops: torch.Tensor
+) -> dict[nn.Parameter, torch.Tensor]:
+    """Per-sample gradients for Opacus: sum over every dim but batch and channel."""
+    x = activations[0]
+    cdim = layer.channel_dim % x.dim()
+    dims = [d for d in range(1, x.dim()) if d != cdim]
+    grads: dict[nn.Parameter, torch.Tensor] = {}
+    if layer.scale.requires_grad:
+        grads[layer.scale] = (x * backprops).sum(dim=dims) if dims else x * backprops
+    if layer.shift.requires_grad:
+        grads[layer.shift] = backprops.sum(dim=dims) if dims else backprops
+    return grads
+
+
+class FiLMNorm(nn.Module):
+    """A frozen normalization layer followed by FiLM; ``merge``/``unmerge`` fold FiLM in and out exactly."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        channel_dim = NORM_CHANNEL_DIM[type(norm)]
+        channels = norm.num_channels if isinstance(norm, nn.GroupNorm) else int(norm.normalized_shape[-1])
+        self.norm = norm
+        self.film = FiLM(channels, channel_dim)
+        self.merged = False
+        self._saved: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        return y if self.merged else self.film(y)
+
+    def merged_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The norm's affine parameters with FiLM folded in."""
+        scale, shift = self.film.scale.detach(), self.film.shift.detach()
+        w = self.norm.weight.detach() if self.norm.weight is not None else torch.ones_like(scale)
+        b = self.norm.bias.detach() if self.norm.bias is not None else torch.zeros_like(shift)
+        return w * scale, b * scale + shift
+
+    def merge(self) -> None:
+        """Fold FiLM into the norm in place (the originals are kept so :meth:`unmerge` is exact)."""
+        if self.merged:
+            return
+        if self.norm.weight is None:
+            raise ValueError("cannot merge FiLM in place into a norm without affine parameters; use fedge.adapters.merge")
+        w, b = self.merged_affine()
+        self._saved = (self.norm.weight.detach().clone(), self.norm.bias.detach().clone())
+        with torch.no_grad():
+            self.norm.weight.copy_(w)
+            self.norm.bias.copy_(b)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Restore the norm's original affine parameters bit-exactly."""
+        if not self.merged or self._saved is None:
+            return
+        with torch.no_grad():
+            self.norm.weight.copy_(self._saved[0])
+            self.norm.bias.copy_(self._saved[1])
+        self._saved = None
+        self.merged = False
+
+    def to_plain(self) -> nn.Module:
+        """A new plain norm layer (same type and eps) whose affine parameters include FiLM."""
+        w, b = self.merged_affine()
+        if isinstance(self.norm, nn.GroupNorm):
+            plain: nn.Module = nn.GroupNorm(self.norm.num_groups, self.norm.num_channels, eps=self.norm.eps)
+        else:
+            plain = nn.LayerNorm(self.norm.normalized_shape, eps=self.norm.eps)
+        with torch.no_grad():
+            plain.weight.copy_(w.reshape(plain.weight.shape))
+            plain.bias.copy_(b.reshape(plain.bias.shape))
+        return plain.to(self.film.scale.device)
+
+
+def wrap(module: nn.Module) -> FiLMNorm:
+    """Wrap a supported normalization layer; other layers are a caller error."""
+    if type(module) not in NORM_CHANNEL_DIM:
+        raise TypeError(f"FiLM wraps {[t.__name__ for t in NORM_CHANNEL_DIM]}, not {type(module).__name__}")
+    return FiLMNorm(module)

@@ -1,0 +1,28 @@
+"""Head: a new trainable classifier in place of the backbone's own (multi-class or multi-label).
+
+The head is a plain ``nn.Linear``; multi-label only changes the loss (sigmoid/BCE instead of softmax/CE),
+which the training loop reads from the spec. Merging is the identity.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def classifier_name(model: nn.Module) -> str:
+    """The attribute that holds a model's classifier (zoo models declare ``classifier_name``)."""
+    name = getattr(model, "classifier_name", None)
+    if name is None:
+        for candidate in ("fc", "head", "classifier"):
+            if isinstance(getattr(model, candidate, None), nn.Linear):
+                return candidate
+        raise TypeError(f"{type(model).__name__} declares no classifier_name and has no fc/head/classifier Linear")
+    return str(name)
+
+
+def new_head(model: nn.Module, num_classes: int) -> nn.Linear:
+    """A freshly initialised classifier with the backbone's feature width."""
+    old = getattr(model, classifier_name(model))
+    if not isinstance(old, nn.Linear):
+        raise TypeError(f"the classifier {classifier_name(model)!r} is a {type(old).__name__}, expected nn.Linear")
+    return nn.Linear(old.in_features, num_classes).to(old.weight.device)
