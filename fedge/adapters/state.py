@@ -26,7 +26,9 @@ class AdapterState(Mapping[str, torch.Tensor]):
     def __init__(
         self, tensors: Mapping[str, torch.Tensor], specs: Sequence[AdapterSpec], backbone_hash: str
     ) -> None:
-        self._tensors = {k: v.detach().to("cpu").contiguous() for k, v in sorted(tensors.items())}
+        # always copies: a state is a snapshot and must not alias live parameters
+        self._tensors = {k: v.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+                         for k, v in sorted(tensors.items())}
         self.specs = tuple(specs)
         self.backbone_hash = backbone_hash
 

@@ -51,9 +51,11 @@ class ResNetGN(nn.Module):
         in_chans: int = 3,
         small_input: bool = False,
         groups: int = 32,
+        stem_width: int | None = None,
+        first_stride: int = 1,
     ) -> None:
         super().__init__()
-        w0 = widths[0]
+        w0 = stem_width or widths[0]
         if small_input:
             self.conv1 = nn.Conv2d(in_chans, w0, 3, 1, 1, bias=False)
             self.maxpool: nn.Module = nn.Identity()
@@ -64,7 +66,7 @@ class ResNetGN(nn.Module):
         self.relu = nn.ReLU()
         inplanes = w0
         for i, (n, w) in enumerate(zip(layers, widths)):
-            blocks = [BasicBlock(inplanes, w, 1 if i == 0 else 2, groups)]
+            blocks = [BasicBlock(inplanes, w, first_stride if i == 0 else 2, groups)]
             blocks += [BasicBlock(w, w, 1, groups) for _ in range(n - 1)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
             inplanes = w
@@ -87,8 +89,12 @@ class ResNetGN(nn.Module):
 
 
 def resnet_gn_small(num_classes: int = 10, in_chans: int = 1) -> ResNetGN:
-    """Three stages (32, 64, 128 channels, one block each), 3x3 stem: ~0.3M parameters, for 28-64 px."""
-    return ResNetGN([1, 1, 1], [32, 64, 128], num_classes, in_chans, small_input=True, groups=8)
+    """A 16-channel 3x3 stem and three stride-2 stages (32, 64, 128 channels, one block each).
+
+    ~0.3M parameters and ~11M multiply-adds at 32x32: small enough to pretrain in minutes on 2 CPU cores.
+    """
+    return ResNetGN([1, 1, 1], [32, 64, 128], num_classes, in_chans, small_input=True, groups=8,
+                    stem_width=16, first_stride=2)
 
 
 def resnet18_gn(num_classes: int = 1000, in_chans: int = 3, small_input: bool = False) -> ResNetGN:
