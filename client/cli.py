@@ -1,0 +1,131 @@
+"""``fed-client``: start a Flower SuperNode for this device, with its local data and credentials.
+
+    fed-client keygen ./keys --name alice           # node key pair: give alice.pub to the server
+    fed-client --server 127.0.0.1:9092 --root-cert certs/ca.crt --key keys/alice \\
+               --user-id u00001 --state-dir runs/alice
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from fedge.errors import ConfigError, FedgeError
+from fedge.server.security import make_node_keys
+from fedge.server.superlink import flower_bin
+from fedge.server.task import load_user_data, save_user_data
+
+EXIT_AUTH = 305  # flower-supernode: could not activate the node (unknown key, or SuperLink unreachable)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fed-client", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", required=True, help="fed-server address host:port")
+    p.add_argument("--root-cert", type=Path, help="CA certificate that signed the server's (ca.crt)")
+    p.add_argument("--insecure", action="store_true", help="no TLS (experiments only)")
+    p.add_argument("--key", type=Path, help="this node's private key (from `fed-client keygen`)")
+    data = p.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data-dir", type=Path, help="directory with data.npz (images + labels_fine/labels_coarse)")
+    data.add_argument("--user-id", help="FLAIR-style user id, e.g. u00001 (generated locally)")
+    p.add_argument("--num-users", type=int, default=100, help="FLAIR-style population size (with --user-id)")
+    p.add_argument("--data-seed", type=int, default=0, help="FLAIR-style population seed (with --user-id)")
+    p.add_argument("--state-dir", type=Path, required=True, help="this device's data copy, ledger and logs")
+    p.add_argument("--runtime-port", type=int, default=0, help="local SuperNode runtime port (0 = any free)")
+    p.add_argument("--max-wait", type=float, default=None, help="give up if the server is unreachable this long")
+    return p
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prepare_data(args: argparse.Namespace) -> Path:
+    """The ``.npz`` the ClientApp reads: copied from --data-dir or generated for --user-id."""
+    target = args.state_dir / "data.npz"
+    if args.data_dir is not None:
+        return save_user_data(load_user_data(args.data_dir), target)
+    from fedge.data.flair_style import FlairStyleDataset
+
+    ds = FlairStyleDataset(num_users=args.num_users, seed=args.data_seed)
+    if args.user_id not in ds.user_ids("train"):
+        raise ConfigError(f"{args.user_id} is not a training user of this population "
+                          f"(u00000..u{len(ds.user_ids('train')) - 1:05d})")
+    return save_user_data(ds.load_user(args.user_id), target)
+
+
+def supernode_command(args: argparse.Namespace, data_path: Path, port: int) -> list[str]:
+    cmd = [flower_bin("flower-supernode"), "--superlink", args.server, "--port", str(port),
+           "--node-config", f'data-path="{data_path.resolve()}" state-dir="{args.state_dir.resolve()}"']
+    if args.insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(args.root_cert)]
+    if args.key is not None:
+        cmd += ["--auth-supernode-private-key", str(args.key)]
+    if args.max_wait is not None:
+        cmd += ["--max-wait-time", str(args.max_wait)]
+    return cmd
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.insecure == bool(args.root_cert):
+        raise ConfigError("pass --root-cert ca.crt (TLS) or --insecure, exactly one")
+    if args.key is not None and not args.key.is_file():
+        raise ConfigError(f"private key {args.key} missing; make one with `fed-client keygen DIR`")
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    data_path = prepare_data(args)
+    n = len(load_user_data(data_path))
+    port = args.runtime_port or _free_port()
+    env = {**os.environ, "FLWR_HOME": str((args.state_dir / "flwr-home").resolve())}
+    print(f"fed-client: {n} local examples, connecting to {args.server} "
+          f"({'insecure' if args.insecure else 'TLS'}, {'node key ' + args.key.name if args.key else 'no node key'})",
+          flush=True)
+    proc = subprocess.Popen(supernode_command(args, data_path, port), env=env)
+    try:
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        return 130
+    if code == EXIT_AUTH:
+        raise FedgeError("the server refused this node or is unreachable: check --server and --root-cert, and "
+                         "that the server lists this node's .pub in --authorized-keys")
+    return code
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if argv and argv[0] == "keygen":
+            kp = argparse.ArgumentParser(prog="fed-client keygen", description="node key pair for node auth")
+            kp.add_argument("out_dir", type=Path)
+            kp.add_argument("--name", default="node")
+            kp.add_argument("--overwrite", action="store_true")
+            a = kp.parse_args(argv[1:])
+            priv, pub = make_node_keys(a.out_dir, a.name, overwrite=a.overwrite)
+            print(f"private key: {priv}\npublic key:  {pub}  (give this one to the server's --authorized-keys)")
+            return 0
+        return run(build_parser().parse_args(argv))
+    except FedgeError as err:
+        print(f"fed-client: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The federated round loop over a Flower :class:`~flwr.serverapp.Grid` (deployment or simulation).
+
+Per round: wait for enough connected nodes, sample a cohort, send the global adapters, collect replies
+until the round timeout (a dead or slow client only shrinks the round), validate, aggregate (with
+user-level DP), account the privacy spend, evaluate, checkpoint, and write one JSONL metrics line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+from fedge.adapters import AdapterState
+from fedge.errors import FedgeError, PrivacyBudgetExceeded, ValidationError
+from fedge.server import ledger as ledger_mod
+from fedge.server.checkpoint import Checkpoint, RunStore
+from fedge.server.config import FederationConfig
+from fedge.server.evaluation import ServerEvaluator, aggregate_client_metrics
+from fedge.server.protocol import ClientUpdate, decode_update, encode_global, payload_nbytes
+from fedge.server.strategy import AdapterDeltaStrategy, Rejection
+
+log = logging.getLogger("fedge.server")
+Progress = Callable[[dict[str, Any]], None]
+
+
+def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
+    """Connected node ids once at least ``minimum`` are online (raises after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        if len(nodes) >= minimum:
+            return nodes
+        if time.monotonic() > deadline:
+            raise FedgeError(f"only {len(nodes)} of the {minimum} required clients connected within "
+                             f"{timeout_s:.0f}s; start more fed-client processes or lower --min-clients")
+        time.sleep(1.0)
+
+
+def _secure_generator() -> torch.Generator:
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
+
+
+def send_round(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, timeout_s: float
+               ) -> tuple[list[Message], list[int]]:
+    """Send ``content`` to ``nodes``; returns (replies, nodes that did not reply in time)."""
+    msgs = [Message(content=content, dst_node_id=n, message_type=message_type) for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout_s))
+    answered = {int(r.metadata.src_node_id) for r in replies}
+    return replies, [n for n in nodes if n not in answered]
+
+
+def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress: Progress | None = None
+                   ) -> AdapterState:
+    """Run (or resume) the rounds of ``cfg`` and return the final global adapter state."""
+    strategy = AdapterDeltaStrategy(cfg)
+    evaluator = ServerEvaluator(cfg)
+    ledger = ledger_mod.RunLedger(store.ledger_path, cfg)
+    loaded = store.load_checkpoint()
+    if loaded is None:
+        state = evaluator.initial_state()
+        base = evaluator.evaluate(state)
+        store.save_adapters(0, state)
+        ckpt = Checkpoint(0, ledger.accountant_state(), {"round": 0, **{f"server_{k}": v for k, v in base.items()}})
+        store.commit(ckpt)
+    else:
+        ckpt, state = loaded
+        ledger.load_accountant_state(ckpt.accountant)
+        store.append_metrics({"event": "resume", "from_round": ckpt.round, "time": time.time()})
+    store.reconcile_metrics(ckpt)
+    rng = random.Random(cfg.seed * 7919 + ckpt.round)
+    full_bytes = evaluator.full_model_bytes()
+    for r in range(ckpt.round + 1, cfg.rounds + 1):
+        ledger.check_budget(r)
+        t_round = time.perf_counter()
+        valid: list[ClientUpdate] = []
+        rejected: list[Rejection] = []
+        content = encode_global(state, r, strategy.train_hparams(r))
+        sent_bytes = payload_nbytes(content)
+        attempts = 0
+        for attempts in range(1, cfg.max_retries + 2):  # noqa: B007
+            done = {u.node_id for u in valid}
+            nodes = [n for n in wait_for_nodes(grid, cfg.min_clients, cfg.wait_for_clients_s) if n not in done]
+            cohort = sorted(rng.sample(nodes, min(cfg.cohort_size - len(valid), len(nodes))))
+            replies, silent = send_round(grid, cohort, content, "train", cfg.round_timeout_s)
+            parsed: list[ClientUpdate | Rejection] = [Rejection(n, "timeout", f"node {n} did not reply in "
+                                                               f"{cfg.round_timeout_s:.0f}s") for n in silent]
+            for msg in replies:
+                try:
+                    parsed.append(decode_update(msg))
+                except ValidationError as err:
+                    parsed.append(Rejection(int(msg.metadata.src_node_id), err.reason, str(err)))
+            ok, bad = strategy.screen(parsed, state)
+            valid += ok
+            rejected += bad
+            if len(valid) >= cfg.min_clients:
+                break
+            log.warning("round %d: %d valid updates < min_clients=%d, retrying (%d/%d)", r, len(valid),
+                        cfg.min_clients, attempts, cfg.max_retries)
+        else:
+            raise FedgeError(f"round {r}: only {len(valid)} valid updates after {cfg.max_retries} retries "
+                             f"(need {cfg.min_clients}); rejections: {[x.reason for x in rejected]}")
+        t_agg = time.perf_counter()
+        result = strategy.aggregate(state, valid, _secure_generator())
+        spend = ledger.spend(r, strategy.user_sample_rate())
+        t_eval = time.perf_counter()
+        metrics: dict[str, Any] = {"round": r, "time": time.time(), "attempts": attempts}
+        if cfg.eval_every > 0 and (r % cfg.eval_every == 0 or r == cfg.rounds):
+            metrics.update({f"server_{k}": v for k, v in evaluator.evaluate(result.state).items()})
+        if cfg.federated_eval:
+            fed_nodes = [u.node_id for u in valid]
+            eval_replies, _ = send_round(grid, fed_nodes, encode_global(result.state, r, strategy.train_hparams(r)),
+                                         "evaluate", cfg.round_timeout_s)
+            metrics.update({f"fed_{k}": v for k, v in aggregate_client_metrics(eval_replies).items()})
+        t_end = time.perf_counter()
+        compute = [u.metrics.get("compute-s", 0.0) for u in valid]
+        metrics.update({
+            "clients": len(valid), "rejected": [{"node": x.node_id, "reason": x.reason} for x in rejected],
+            "num_examples": sum(u.num_examples for u in valid),
+            "train_loss": sum(u.metrics.get("train-loss", 0.0) * u.num_examples for u in valid)
+            / max(1, sum(u.num_examples for u in valid)),
+            "client_eps_max": max((u.metrics.get("eps-spent", 0.0) for u in valid), default=0.0),
+            "user_eps": spend, "noise_std": result.noise_std, "clipped": result.clipped,
+            "mean_delta_norm": result.mean_delta_norm,
+            "round_s": t_end - t_round, "train_phase_s": t_agg - t_round, "aggregate_s": t_eval - t_agg,
+            "eval_s": t_end - t_eval, "client_compute_max_s": max(compute, default=0.0),
+            "client_compute_mean_s": sum(compute) / max(1, len(compute)),
+            "bytes_sent_per_client": sent_bytes,
+            "bytes_received_per_client": sum(u.payload_bytes for u in valid) / max(1, len(valid)),
+            "full_model_bytes": full_bytes,
+        })
+        store.save_adapters(r, result.state)
+        ledger.record(r, spend)
+        ckpt = Checkpoint(r, ledger.accountant_state(), metrics)
+        store.commit(ckpt)
+        store.append_metrics(metrics)
+        state = result.state
+        if progress is not None:
+            progress(metrics)
+    state.save(store.final_path())
+    store.append_metrics({"event": "finished", "round": cfg.rounds, "time": time.time(),
+                          "user_eps": ledger.epsilon()})
+    return state
+
+
+__all__ = ["PrivacyBudgetExceeded", "run_federation", "send_round", "wait_for_nodes"]
