@@ -4,14 +4,14 @@ Layout of ``state_dir``::
 
     config.json                 resolved FederationConfig
     adapters/round-0003.safetensors
-    checkpoint.json             the commit record: last completed round, accountant history, its metrics
+    checkpoint.json             the commit record: last completed round and its metrics
     metrics.jsonl               one line per completed round (plus ``"event"`` lines)
     privacy-ledger.sqlite       user-level privacy ledger (fedge.privacy)
 
-A round commits in this order: adapters file -> ledger spend (idempotent per round) -> ``checkpoint.json``
-(atomic rename: the commit point) -> metrics line. On resume everything after the last commit is
-discarded (metrics lines of later rounds) or reused (the ledger's entry for the interrupted round),
-so no round is counted twice and no spend is lost.
+A round commits in this order: ledger spend (``fedge.privacy``, before the aggregate is used) -> adapters
+file -> ``checkpoint.json`` (atomic rename: the commit point) -> metrics line. On resume everything after
+the last commit is discarded (metrics lines of later rounds) or reused (the ledger's spend for the
+interrupted round, see :mod:`fedge.server.dp`), so no round is counted twice and no spend is lost.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ class Checkpoint:
     """What ``checkpoint.json`` holds."""
 
     round: int
-    accountant: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -68,7 +67,7 @@ class RunStore:
             return None
         try:
             raw = json.loads(path.read_text())
-            ckpt = Checkpoint(int(raw["round"]), raw.get("accountant", {}), raw.get("metrics", {}))
+            ckpt = Checkpoint(int(raw["round"]), raw.get("metrics", {}))
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"checkpoint {path} is unreadable ({exc}); remove the state dir to start over") from None
         return ckpt, AdapterState.load(self.adapters_path(ckpt.round))
@@ -83,7 +82,7 @@ class RunStore:
         path = self.dir / "checkpoint.json"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as f:
-            json.dump({"round": ckpt.round, "accountant": ckpt.accountant, "metrics": ckpt.metrics}, f)
+            json.dump({"round": ckpt.round, "metrics": ckpt.metrics}, f)
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)

@@ -8,6 +8,7 @@ user-level DP), account the privacy spend, evaluate, checkpoint, and write one J
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -20,7 +21,7 @@ from flwr.serverapp import Grid
 
 from fedge.adapters import AdapterState
 from fedge.errors import FedgeError, PrivacyBudgetExceeded, ValidationError
-from fedge.server import ledger as ledger_mod
+from fedge.server import dp
 from fedge.server.checkpoint import Checkpoint, RunStore
 from fedge.server.config import FederationConfig
 from fedge.server.evaluation import ServerEvaluator, aggregate_client_metrics
@@ -62,23 +63,23 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
     """Run (or resume) the rounds of ``cfg`` and return the final global adapter state."""
     strategy = AdapterDeltaStrategy(cfg)
     evaluator = ServerEvaluator(cfg)
-    ledger = ledger_mod.RunLedger(store.ledger_path, cfg)
+    ledger = dp.open_ledger(store.ledger_path, cfg.epsilon_budget, cfg.user_delta)
     loaded = store.load_checkpoint()
     if loaded is None:
         state = evaluator.initial_state()
         base = evaluator.evaluate(state)
         store.save_adapters(0, state)
-        ckpt = Checkpoint(0, ledger.accountant_state(), {"round": 0, **{f"server_{k}": v for k, v in base.items()}})
+        ckpt = Checkpoint(0, {"round": 0, **{f"server_{k}": v for k, v in base.items()}})
         store.commit(ckpt)
     else:
         ckpt, state = loaded
-        ledger.load_accountant_state(ckpt.accountant)
         store.append_metrics({"event": "resume", "from_round": ckpt.round, "time": time.time()})
     store.reconcile_metrics(ckpt)
     rng = random.Random(cfg.seed * 7919 + ckpt.round)
     full_bytes = evaluator.full_model_bytes()
     for r in range(ckpt.round + 1, cfg.rounds + 1):
-        ledger.check_budget(r)
+        if cfg.user_dp:
+            dp.check_round(ledger, r, cfg.user_noise_multiplier, strategy.user_sample_rate())
         t_round = time.perf_counter()
         valid: list[ClientUpdate] = []
         rejected: list[Rejection] = []
@@ -108,8 +109,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
             raise FedgeError(f"round {r}: only {len(valid)} valid updates after {cfg.max_retries} retries "
                              f"(need {cfg.min_clients}); rejections: {[x.reason for x in rejected]}")
         t_agg = time.perf_counter()
-        result = strategy.aggregate(state, valid, _secure_generator())
-        spend = ledger.spend(r, strategy.user_sample_rate())
+        result = strategy.aggregate(state, valid, r, ledger, _secure_generator())
         t_eval = time.perf_counter()
         metrics: dict[str, Any] = {"round": r, "time": time.time(), "attempts": attempts}
         if cfg.eval_every > 0 and (r % cfg.eval_every == 0 or r == cfg.rounds):
@@ -127,7 +127,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
             "train_loss": sum(u.metrics.get("train-loss", 0.0) * u.num_examples for u in valid)
             / max(1, sum(u.num_examples for u in valid)),
             "client_eps_max": max((u.metrics.get("eps-spent", 0.0) for u in valid), default=0.0),
-            "user_eps": spend, "noise_std": result.noise_std, "clipped": result.clipped,
+            "user_eps": result.user_eps, "noise_std": result.noise_std, "clipped": result.clipped,
             "mean_delta_norm": result.mean_delta_norm,
             "round_s": t_end - t_round, "train_phase_s": t_agg - t_round, "aggregate_s": t_eval - t_agg,
             "eval_s": t_end - t_eval, "client_compute_max_s": max(compute, default=0.0),
@@ -137,8 +137,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
             "full_model_bytes": full_bytes,
         })
         store.save_adapters(r, result.state)
-        ledger.record(r, spend)
-        ckpt = Checkpoint(r, ledger.accountant_state(), metrics)
+        ckpt = Checkpoint(r, metrics)
         store.commit(ckpt)
         store.append_metrics(metrics)
         state = result.state
@@ -146,7 +145,8 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
             progress(metrics)
     state.save(store.final_path())
     store.append_metrics({"event": "finished", "round": cfg.rounds, "time": time.time(),
-                          "user_eps": ledger.epsilon()})
+                          "user_eps": dp.user_epsilon(ledger) if cfg.user_dp else math.inf})
+    ledger.close()
     return state
 
 

@@ -11,13 +11,16 @@ returns a new :class:`~fedge.adapters.AdapterState`, so simulation and deploymen
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from fedge.adapters import AdapterState
 from fedge.errors import ValidationError
+from fedge.privacy.ledger import PrivacyLedger
+from fedge.privacy.user_dp import UserDPConfig
 from fedge.server import dp
 from fedge.server.config import FederationConfig
 from fedge.server.protocol import ClientUpdate
@@ -44,7 +47,7 @@ class AggregateResult:
     noise_std: float = 0.0
     clipped: int = 0
     mean_delta_norm: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
+    user_eps: float = math.inf
 
 
 def weighted_mean(deltas: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
@@ -105,9 +108,12 @@ class AdapterDeltaStrategy:
             log.warning("rejected update from node %s: %s", r.node_id, r.message)
         return valid, rejected
 
-    def aggregate(self, global_state: AdapterState, valid: Sequence[ClientUpdate],
-                  generator: torch.Generator | None = None) -> AggregateResult:
-        """New global state from validated updates (``global_state`` itself is never modified)."""
+    def aggregate(self, global_state: AdapterState, valid: Sequence[ClientUpdate], round_num: int = 0,
+                  ledger: PrivacyLedger | None = None, generator: torch.Generator | None = None) -> AggregateResult:
+        """New global state from validated updates (``global_state`` itself is never modified).
+
+        With user-level DP the release is recorded in ``ledger`` (required) before it is returned.
+        """
         if not valid:
             raise ValueError("no valid updates to aggregate")
         norms = [delta_norm(u.delta) for u in valid]
@@ -115,12 +121,18 @@ class AdapterDeltaStrategy:
         if not self.cfg.user_dp:
             mean = weighted_mean([u.delta for u in valid], [u.num_examples for u in valid])
             return AggregateResult(_apply(global_state, mean), list(valid), mean_delta_norm=mean_norm)
-        noisy, clipped, std = dp.dp_fedavg(
-            [u.delta for u in valid], clip=self.cfg.user_clip, noise_multiplier=self.cfg.user_noise_multiplier,
-            expected_cohort=self.cfg.cohort_size, generator=generator,
-        )
-        return AggregateResult(_apply(global_state, noisy), list(valid), noise_std=std, clipped=clipped,
-                               mean_delta_norm=mean_norm)
+        if ledger is None:
+            raise ValueError("user-level DP needs the run's privacy ledger")
+        noised, spend, std = dp.dp_fedavg([u.delta for u in valid], self.user_dp_config(), ledger, round_num,
+                                          self.user_sample_rate(), generator)
+        clipped = sum(1 for n in norms if n > self.cfg.user_clip)
+        return AggregateResult(_apply(global_state, noised), list(valid), noise_std=std, clipped=clipped,
+                               mean_delta_norm=mean_norm, user_eps=spend.epsilon_after)
+
+    def user_dp_config(self) -> UserDPConfig:
+        """Fixed-clip DP-FedAvg over the expected cohort size."""
+        return UserDPConfig(noise_multiplier=self.cfg.user_noise_multiplier, clip_norm=self.cfg.user_clip,
+                            expected_cohort_size=float(self.cfg.cohort_size))
 
     def user_sample_rate(self) -> float:
         """Poisson-sampling assumption for user-level accounting: cohort over population."""
