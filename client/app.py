@@ -1,7 +1,7 @@
 """The fedge ClientApp: thin message handlers around :mod:`fedge.client.local`.
 
 Node config (``flower-supernode --node-config``, set by ``fed-client``): ``data-path`` (a ``.npz`` with the
-device's data) and ``state-dir`` (the device's privacy ledger).
+device's data) and ``state-dir`` (the device's privacy ledger) and ``epsilon-budget`` (the device's own example-level budget).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def _data(context: Context):  # noqa: ANN202
 def train(msg: Message, context: Context) -> Message:
     """Train the adapters on local data and reply with the delta, example count, epsilon and metrics."""
     state, hparams = decode_global(msg.content)
-    delta, metrics = local_update(state, hparams, _data(context), context.node_config.get("state-dir"))
+    node = context.node_config
+    delta, metrics = local_update(state, hparams, _data(context), str(node.get("state-dir", ".")),
+                                  float(node.get("epsilon-budget", 0.0)))
     return Message(encode_update(delta, state.backbone_hash, metrics), reply_to=msg)
 
 

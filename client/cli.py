@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-users", type=int, default=100, help="FLAIR-style population size (with --user-id)")
     p.add_argument("--data-seed", type=int, default=0, help="FLAIR-style population seed (with --user-id)")
     p.add_argument("--state-dir", type=Path, required=True, help="this device's data copy, ledger and logs")
+    p.add_argument("--epsilon-budget", type=float, default=0.0,
+                   help="this device's example-level epsilon budget; training stops past it (0 = none)")
     p.add_argument("--runtime-port", type=int, default=0, help="local SuperNode runtime port (0 = any free)")
     p.add_argument("--max-wait", type=float, default=None, help="give up if the server is unreachable this long")
     return p
@@ -63,7 +65,8 @@ def prepare_data(args: argparse.Namespace) -> Path:
 
 def supernode_command(args: argparse.Namespace, data_path: Path, port: int) -> list[str]:
     cmd = [flower_bin("flower-supernode"), "--superlink", args.server, "--port", str(port),
-           "--node-config", f'data-path="{data_path.resolve()}" state-dir="{args.state_dir.resolve()}"']
+           "--node-config", f'data-path="{data_path.resolve()}" state-dir="{args.state_dir.resolve()}" '
+                            f'epsilon-budget={float(args.epsilon_budget)}']
     if args.insecure:
         cmd.append("--insecure")
     else:

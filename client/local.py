@@ -26,11 +26,13 @@ def _labels(data: UserData, label_set: str) -> Any:
 
 
 def local_update(global_state: AdapterState, hparams: Mapping[str, Any], data: UserData,
-                 state_dir: str | Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                 state_dir: str | Path | None = None, epsilon_budget: float = 0.0
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Train the adapters of ``global_state`` on ``data``; returns ``(delta, metrics)``.
 
     With ``client-dp`` the training is DP-SGD through ``fedge.privacy`` and the spend is recorded in the
-    device's own ledger under ``state_dir``; ``metrics["eps-spent"]`` is this round's epsilon.
+    device's own ledger under ``state_dir`` (budget ``epsilon_budget``, 0 = none); ``metrics["eps-spent"]``
+    is the device's cumulative example-level epsilon after this round.
     """
     t0 = time.perf_counter()
     model = adapted_model(pretrain_config(hparams), global_state.specs, global_state)
@@ -42,7 +44,7 @@ def local_update(global_state: AdapterState, hparams: Mapping[str, Any], data: U
     if bool(hparams.get("client-dp", False)):
         from fedge.client import dp as client_dp
 
-        stats = client_dp.train_dp(model, data.images, labels, cfg, hparams, state_dir)
+        stats = client_dp.train_dp(model, data.images, labels, cfg, hparams, state_dir, epsilon_budget)
     else:
         stats = train(model, data.images, labels, multilabel=True, cfg=cfg)
         stats["eps-spent"] = 0.0

@@ -123,3 +123,19 @@ def test_user_dp_records_one_spend_per_round_and_resume_is_consistent(fedge_home
     assert [r["round"] for r in lines] == [1, 2]
     assert lines[-1]["user_eps"] == pytest.approx(eps)
     assert 0 < eps < float("inf")
+
+
+def test_client_dp_sgd_reports_epsilon_from_device_ledger(fedge_home: Path, tmp_path: Path) -> None:
+    users = _users(1)
+    data = next(iter(users.values()))
+    cfg = _cfg(client_dp=True, client_noise_multiplier=1.0)
+    from fedge.server.evaluation import ServerEvaluator
+    from fedge.server.strategy import AdapterDeltaStrategy
+
+    state = ServerEvaluator(cfg).initial_state()
+    hp = {**AdapterDeltaStrategy(cfg).train_hparams(1), "round": 1}
+    delta, metrics = local_update(state, hp, data, tmp_path / "device")
+    assert 0 < metrics["eps-spent"] < float("inf") and metrics["steps"] >= 1
+    assert set(delta) == set(state) and all(torch.isfinite(v).all() for v in delta.values())
+    with PrivacyLedger(tmp_path / "device" / "privacy-ledger.sqlite") as ledger:
+        assert ledger.epsilon("federation", "device") == pytest.approx(metrics["eps-spent"])
