@@ -23,7 +23,15 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from fedge.edge.export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, check_parity, export_onnx, run_onnx, ort_session
+from fedge.edge.export import (
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    check_parity,
+    export_onnx,
+    ort_session,
+    run_onnx,
+)
 from fedge.edge.manifest import new_manifest, register_file, write_manifest
 
 REFERENCE_NAME = "reference.npz"

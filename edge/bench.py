@@ -1,0 +1,103 @@
+"""Side-by-side measurement of PyTorch eager, ORT fp32 and ORT int8: latency, throughput, size, accuracy."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedge.edge.export import ort_session, run_onnx, run_torch
+from fedge.edge.manifest import read_manifest
+from fedge.edge.pipeline import task_score
+
+
+def _timings(fn: Callable[[], object], warmup: int, iters: int) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(iters)
+    for i in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = time.perf_counter() - t0
+    return out
+
+
+def measure(fn: Callable[[np.ndarray], object], x: np.ndarray, iters: int, batch: int = 32) -> dict[str, float]:
+    """p50/p95 latency (ms) at batch 1 and throughput (images/s, median) at ``batch``."""
+    one, many = x[:1], x[:batch]
+    t1 = _timings(lambda: fn(one), max(5, iters // 10), iters)
+    tb = _timings(lambda: fn(many), 3, max(5, iters // 10))
+    return {"p50_ms": 1e3 * float(np.percentile(t1, 50)), "p95_ms": 1e3 * float(np.percentile(t1, 95)),
+            f"throughput_b{batch}_ips": batch / float(np.median(tb))}
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of the model's state dict as torch.save writes it (what a PyTorch app would ship)."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+def bench_bundle(
+    bundle: str | Path,
+    test: tuple[np.ndarray, np.ndarray],
+    eager: nn.Module | None = None,
+    iters: int = 300,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """Measure every runtime available for ``bundle`` in one run, on the same inputs and thread count."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    x = np.ascontiguousarray(test[0], dtype=np.float32)
+    multilabel = bool(manifest["multilabel"])
+    rows: dict[str, dict[str, Any]] = {}
+    if eager is not None:
+        torch.set_num_threads(threads)
+        eager = eager.eval()
+
+        @torch.no_grad()
+        def run_eager(a: np.ndarray) -> object:
+            return eager(torch.from_numpy(a))
+
+        metric, score = task_score(run_torch(eager, x), test[1], multilabel)
+        rows["pytorch_eager"] = {**measure(run_eager, x, iters), "bytes": model_bytes(eager), metric: score}
+    in_name = manifest["input"]["name"]
+    for name, variant in (("ort_fp32", "fp32"), ("ort_int8", "int8")):
+        if variant not in manifest["files"]:
+            continue
+        sess = ort_session(bundle / manifest["files"][variant]["path"], threads=threads)
+        metric, score = task_score(run_onnx(sess, x), test[1], multilabel)
+        rows[name] = {**measure(lambda a, s=sess, n=in_name: s.run(None, {n: a}), x, iters),
+                      "bytes": manifest["files"][variant]["bytes"], metric: score}
+    return {"threads": threads, "iters": iters, "test_examples": int(len(x)), "metric": metric, "rows": rows}
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    """The goal ratios: int8/fp32 size and latency, fp32/eager latency."""
+    rows = result["rows"]
+    out: dict[str, float] = {}
+    if "ort_int8" in rows and "ort_fp32" in rows:
+        f, q = rows["ort_fp32"], rows["ort_int8"]
+        out["int8_over_fp32_bytes"] = q["bytes"] / f["bytes"]
+        out["int8_over_fp32_p50_b1"] = q["p50_ms"] / f["p50_ms"]
+        out["int8_over_fp32_time_b32"] = f["throughput_b32_ips"] / q["throughput_b32_ips"]
+    if "pytorch_eager" in rows and "ort_fp32" in rows:
+        out["fp32_over_eager_p50_b1"] = rows["ort_fp32"]["p50_ms"] / rows["pytorch_eager"]["p50_ms"]
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    """A fixed-width text table of :func:`bench_bundle`'s rows."""
+    metric = result["metric"]
+    head = f"{'runtime':<14}{'p50 ms':>9}{'p95 ms':>9}{'img/s b32':>11}{'KiB':>9}{metric:>10}"
+    lines = [head, "-" * len(head)]
+    for name, r in result["rows"].items():
+        lines.append(f"{name:<14}{r['p50_ms']:>9.3f}{r['p95_ms']:>9.3f}{r['throughput_b32_ips']:>11.0f}"
+                     f"{r['bytes'] / 1024:>9.0f}{r[metric]:>10.2f}")
+    return "\n".join(lines)
