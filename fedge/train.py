@@ -7,6 +7,7 @@ tensors), with BCE for multi-label and cross-entropy for multi-class targets. DP
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedge.data.base import UserData
 from fedge.errors import ConfigError
 from fedge.metrics import compute_metrics
 from fedge.progress import progress_bar
@@ -116,3 +118,26 @@ def predict(model: nn.Module, images: np.ndarray, batch_size: int = 512) -> np.n
 def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, multilabel: bool) -> dict[str, float]:
     """Accuracy (multi-class) or macro/micro AP (multi-label) of the model on the given data."""
     return compute_metrics(predict(model, images), labels, multilabel)
+
+
+def adapt_centrally(
+    backbone: nn.Module, kinds: str, train_data: UserData, test_data: UserData, cfg: TrainConfig,
+    label_set: str = "fine", progress: bool = True,
+) -> dict[str, float]:
+    """Inject ``kinds`` (e.g. ``"film+head"``) into a copy of ``backbone``, train on pooled data, evaluate.
+
+    The non-private, central reference for an adapter kind; returns trainable parameters (absolute and as a
+    fraction of the backbone), test metrics, training seconds and samples/s.
+    """
+    from fedge.adapters import adapter_state, inject, parse_adapter_kinds
+
+    model = copy.deepcopy(backbone)
+    num_classes = train_data.labels[label_set].shape[1]
+    inject(model, parse_adapter_kinds(kinds, num_classes=num_classes, multilabel=True), seed=cfg.seed)
+    stats = train(model, train_data.images, train_data.labels[label_set], multilabel=True, cfg=cfg,
+                  progress=progress, desc=kinds)
+    metrics = evaluate(model, test_data.images, test_data.labels[label_set], multilabel=True)
+    trainable = adapter_state(model).num_parameters()
+    n_backbone = sum(p.numel() for p in backbone.parameters())
+    return {"trainable": trainable, "fraction": trainable / n_backbone, **metrics,
+            "seconds": stats["seconds"], "samples_per_s": stats["samples_per_s"]}

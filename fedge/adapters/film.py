@@ -53,14 +53,14 @@ def _film_grad_sample(
 class FiLMNorm(nn.Module):
     """A frozen normalization layer followed by FiLM; ``merge``/``unmerge`` fold FiLM in and out exactly."""
 
-    def __init__(self, norm: nn.Module) -> None:
+    def __init__(self, norm: nn.GroupNorm | nn.LayerNorm) -> None:
         super().__init__()
         channel_dim = NORM_CHANNEL_DIM[type(norm)]
         channels = norm.num_channels if isinstance(norm, nn.GroupNorm) else int(norm.normalized_shape[-1])
-        self.norm = norm
-        self.film = FiLM(channels, channel_dim)
+        self.norm: nn.GroupNorm | nn.LayerNorm = norm
+        self.film: FiLM = FiLM(channels, channel_dim)
         self.merged = False
-        self._saved: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
+        self._saved: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.norm(x)
@@ -77,18 +77,19 @@ class FiLMNorm(nn.Module):
         """Fold FiLM into the norm in place (the originals are kept so :meth:`unmerge` is exact)."""
         if self.merged:
             return
-        if self.norm.weight is None:
+        weight, bias = self.norm.weight, self.norm.bias
+        if weight is None or bias is None:
             raise ValueError("cannot merge FiLM in place into a norm without affine parameters; use fedge.adapters.merge")
         w, b = self.merged_affine()
-        self._saved = (self.norm.weight.detach().clone(), self.norm.bias.detach().clone())
+        self._saved = (weight.detach().clone(), bias.detach().clone())
         with torch.no_grad():
-            self.norm.weight.copy_(w)
-            self.norm.bias.copy_(b)
+            weight.copy_(w)
+            bias.copy_(b)
         self.merged = True
 
     def unmerge(self) -> None:
         """Restore the norm's original affine parameters bit-exactly."""
-        if not self.merged or self._saved is None:
+        if not self.merged or self._saved is None or self.norm.weight is None or self.norm.bias is None:
             return
         with torch.no_grad():
             self.norm.weight.copy_(self._saved[0])
@@ -99,8 +100,9 @@ class FiLMNorm(nn.Module):
     def to_plain(self) -> nn.Module:
         """A new plain norm layer (same type and eps) whose affine parameters include FiLM."""
         w, b = self.merged_affine()
+        plain: nn.GroupNorm | nn.LayerNorm
         if isinstance(self.norm, nn.GroupNorm):
-            plain: nn.Module = nn.GroupNorm(self.norm.num_groups, self.norm.num_channels, eps=self.norm.eps)
+            plain = nn.GroupNorm(self.norm.num_groups, self.norm.num_channels, eps=self.norm.eps)
         else:
             plain = nn.LayerNorm(self.norm.normalized_shape, eps=self.norm.eps)
         with torch.no_grad():
@@ -111,6 +113,6 @@ class FiLMNorm(nn.Module):
 
 def wrap(module: nn.Module) -> FiLMNorm:
     """Wrap a supported normalization layer; other layers are a caller error."""
-    if type(module) not in NORM_CHANNEL_DIM:
+    if not isinstance(module, (nn.GroupNorm, nn.LayerNorm)) or type(module) not in NORM_CHANNEL_DIM:
         raise TypeError(f"FiLM wraps {[t.__name__ for t in NORM_CHANNEL_DIM]}, not {type(module).__name__}")
     return FiLMNorm(module)

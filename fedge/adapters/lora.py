@@ -18,7 +18,7 @@ class LoRALayer(nn.Module):
 
     def __init__(self, base: nn.Linear | nn.Conv2d, rank: int, alpha: float) -> None:
         super().__init__()
-        self.base = base
+        self.base: nn.Linear | nn.Conv2d = base
         self.rank = rank
         self.scaling = alpha / rank
         if isinstance(base, nn.Linear):
@@ -28,7 +28,8 @@ class LoRALayer(nn.Module):
             if base.groups != 1:
                 raise TypeError("LoRA on grouped convolutions is not supported")
             self.lora_A = nn.Conv2d(
-                base.in_channels, rank, base.kernel_size, base.stride, base.padding, base.dilation, bias=False
+                base.in_channels, rank, base.kernel_size, base.stride, base.padding,  # type: ignore[arg-type]
+                base.dilation, bias=False,  # type: ignore[arg-type]
             )
             self.lora_B = nn.Conv2d(rank, base.out_channels, 1, bias=False)
         else:
@@ -48,7 +49,7 @@ class LoRALayer(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """``scaling * B @ A`` in the base weight's shape."""
-        a, b = self.lora_A.weight.detach(), self.lora_B.weight.detach()
+        a, b = self.lora_A.weight.detach(), self.lora_B.weight.detach()  # type: ignore[operator]
         if isinstance(self.base, nn.Linear):
             return (b @ a) * self.scaling
         # b: (out, r, 1, 1), a: (r, in, kh, kw)
@@ -75,18 +76,20 @@ class LoRALayer(nn.Module):
     def to_plain(self) -> nn.Module:
         """A new plain layer of the base's type with the update merged in."""
         base = self.base
+        plain: nn.Linear | nn.Conv2d
         if isinstance(base, nn.Linear):
-            plain: nn.Module = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+            plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
         else:
             plain = nn.Conv2d(
-                base.in_channels, base.out_channels, base.kernel_size, base.stride, base.padding,
-                base.dilation, base.groups, bias=base.bias is not None, padding_mode=base.padding_mode,
+                base.in_channels, base.out_channels, base.kernel_size, base.stride,  # type: ignore[arg-type]
+                base.padding, base.dilation, base.groups,  # type: ignore[arg-type]
+                bias=base.bias is not None, padding_mode=base.padding_mode,
             )
         plain = plain.to(base.weight.device)
         with torch.no_grad():
             w = base.weight.detach() if self.merged else base.weight.detach() + self.delta_weight()
             plain.weight.copy_(w)
-            if base.bias is not None:
+            if base.bias is not None and plain.bias is not None:
                 plain.bias.copy_(base.bias.detach())
         return plain
 
