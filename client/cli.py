@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import subprocess
@@ -17,10 +16,10 @@ from pathlib import Path
 
 from fedge.errors import ConfigError, FedgeError
 from fedge.server.security import make_node_keys
-from fedge.server.superlink import flower_bin
+from fedge.server.superlink import flower_bin, flower_env
 from fedge.server.task import load_user_data, save_user_data
 
-EXIT_AUTH = 305  # flower-supernode: could not activate the node (unknown key, or SuperLink unreachable)
+EXIT_AUTH = 305 % 256  # flower-supernode exits with code 305 (node not activated), seen as 49 by a parent
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     data_path = prepare_data(args)
     n = len(load_user_data(data_path))
     port = args.runtime_port or _free_port()
-    env = {**os.environ, "FLWR_HOME": str((args.state_dir / "flwr-home").resolve())}
+    env = flower_env((args.state_dir / "flwr-home").resolve())
     print(f"fed-client: {n} local examples, connecting to {args.server} "
           f"({'insecure' if args.insecure else 'TLS'}, {'node key ' + args.key.name if args.key else 'no node key'})",
           flush=True)

@@ -6,12 +6,17 @@ Run config keys: every :class:`~fedge.server.config.FederationConfig` field with
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedge.errors import FedgeError
 from fedge.server.checkpoint import RunStore
 from fedge.server.config import FederationConfig
 from fedge.server.loop import run_federation
@@ -28,4 +33,25 @@ def main(grid: Grid, context: Context) -> None:
     state_dir = Path(str(run_config.get("state-dir", "fedge-run")))
     cfg = FederationConfig.from_mapping(run_config)
     store = RunStore(state_dir)
-    run_federation(grid, cfg, store, progress=lambda m: log.info("round %s: %s", m["round"], m))
+    with exclusive(state_dir / "serverapp.lock"):
+        run_federation(grid, cfg, store, progress=lambda m: log.info("round %s: %s", m["round"], m))
+
+
+@contextmanager
+def exclusive(path: Path, timeout_s: float = 60.0) -> Iterator[None]:
+    """Hold an exclusive lock on ``path``: one ServerApp per state dir, even if an old one is still dying."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise FedgeError(f"another ServerApp holds {path}; stop it before resuming") from None
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

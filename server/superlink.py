@@ -40,6 +40,13 @@ def flower_bin(name: str) -> str:
     return found
 
 
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Environment for Flower processes: own ``FLWR_HOME``, and this venv's scripts first on ``PATH``
+    (the SuperLink and SuperNode launch ``flower-superexec`` and ``flwr-*app`` by name)."""
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "FLWR_HOME": str(flwr_home), "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+
+
 @dataclass(frozen=True)
 class Tls:
     """Server TLS files (``None`` = insecure, for experiments only)."""
@@ -86,7 +93,7 @@ class SuperLink:
         return f"{host}:{self.port}"
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "FLWR_HOME": str(self.home)}
+        return flower_env(self.home)
 
     def start(self, timeout_s: float = 60.0) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -101,7 +108,7 @@ class SuperLink:
             cmd.append("--enable-supernode-auth")
         log = open(self.state_dir / "superlink.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(),
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         log.close()
         wait_for_port(self.address.split(":")[0], self.port, timeout_s, self.proc)
         self._write_cli_config()
@@ -165,6 +172,16 @@ class SuperLink:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the child when its parent dies (even by SIGKILL), so no SuperLink outlives fed-server."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def write_flower_app(app_dir: Path, run_config: dict[str, Any]) -> Path:

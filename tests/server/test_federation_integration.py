@@ -1,0 +1,151 @@
+"""Real processes on loopback: fed-server (SuperLink + ServerApp) and fed-clients (SuperNodes) over TLS
+with node authentication, FiLM adapters under client DP-SGD and user-level DP-FedAvg.
+
+A client is killed during a round and the run goes on; the server is killed (its whole process tree) after
+a committed round and ``--resume`` finishes the run with one ledger spend per round; an unknown node is
+refused. Takes a few minutes on 2 cores: ``pytest -m "slow and integration" tests/server``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedge.privacy.ledger import PrivacyLedger
+
+from .conftest import TINY
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+PY = sys.executable
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (by parent pid, across sessions), children first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and everything it started (a crash of that machine)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout=10)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            kill_tree(proc)
+
+
+def rounds_done(state: Path) -> list[int]:
+    path = state / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [m["round"] for m in lines if "round" in m and not m.get("event") and m["round"] > 0]
+
+
+def wait_until(cond, timeout_s: float, what: str, procs: list[subprocess.Popen] = ()) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        for p in procs:
+            if p.poll() is not None:
+                raise AssertionError(f"{what}: process {p.args[:4]} exited with {p.returncode}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+        time.sleep(1.0)
+
+
+def test_fed_server_three_clients_tls_auth_dp_kill_and_resume(fedge_home: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "FEDGE_HOME": str(fedge_home), "PYTHONUNBUFFERED": "1"}
+    run = lambda *a: subprocess.run([PY, *a], env=env, check=True, capture_output=True, text=True)  # noqa: E731
+    run("-m", "fedge.server.cli", "certs", str(tmp_path / "certs"))
+    for name in ("a", "b", "c", "intruder"):
+        run("-m", "fedge.client.cli", "keygen", str(tmp_path / "keys"), "--name", name)
+    port, state = _port(), tmp_path / "server"
+    server_cmd = [PY, "-m", "fedge.server.cli", "--state-dir", str(state), "--certs", str(tmp_path / "certs"),
+                  "--port", str(port), "--authorized-keys", *[str(tmp_path / "keys" / f"{n}.pub") for n in "abc"]]
+    flags = ["--rounds", "3", "--cohort-size", "3", "--min-clients", "2", "--round-timeout", "45",
+             "--adapter", "film", "--client-noise", "0.8", "--client-clip", "1.0", "--user-noise", "0.5",
+             "--user-clip", "1.0", "--population-size", "30", "--num-users", "40", "--eval-users", "3",
+             "--no-federated-eval", "--local-epochs", "1", "--lr", "0.1",
+             "--pretrain-images", str(TINY["pretrain-images"]), "--pretrain-epochs", str(TINY["pretrain-epochs"])]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+
+    def start(name: str, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(cmd, env=env, stdout=open(logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
+
+    def client(name: str, user: str) -> subprocess.Popen:
+        return start(name, [PY, "-m", "fedge.client.cli", "--server", f"127.0.0.1:{port}",
+                            "--root-cert", str(tmp_path / "certs" / "ca.crt"), "--key", str(tmp_path / "keys" / name),
+                            "--user-id", user, "--num-users", "40", "--state-dir", str(tmp_path / name)])
+
+    server = start("server", server_cmd + flags)
+    clients: dict[str, subprocess.Popen] = {}
+    try:
+        wait_until(lambda: (state / "flower-app" / "pyproject.toml").exists(), 120, "the SuperLink", [server])
+        clients = {n: client(n, u) for n, u in (("a", "u00001"), ("b", "u00002"), ("c", "u00003"))}
+        intruder = client("intruder", "u00004")
+        assert intruder.wait(timeout=120) != 0, "a node with an unregistered key must be refused"
+        assert "refused this node" in (logs / "intruder.log").read_text()
+
+        wait_until(lambda: 1 in rounds_done(state), 300, "round 1", [server])
+        kill_tree(clients.pop("c"))  # a device dies during round 2
+        wait_until(lambda: 2 in rounds_done(state), 300, "round 2 without client c", [server])
+        kill_tree(server)  # the server machine crashes after round 2 committed
+        assert rounds_done(state) == [1, 2]
+
+        server = start("server-resumed", server_cmd + ["--resume"])
+        assert server.wait(timeout=400) == 0, (logs / "server-resumed.log").read_text()[-3000:]
+    finally:
+        for p in [*clients.values(), server]:
+            stop(p)
+
+    out = (logs / "server.log").read_text() + (logs / "server-resumed.log").read_text()
+    assert "round 1/3" in out and "round 3/3" in out and "done: 3 rounds" in out
+    assert rounds_done(state) == [1, 2, 3]
+    metrics = [json.loads(x) for x in (state / "metrics.jsonl").read_text().splitlines()]
+    by_round = {m["round"]: m for m in metrics if "round" in m and not m.get("event") and m["round"] > 0}
+    assert by_round[1]["clients"] == 3 and by_round[2]["clients"] == 2
+    assert any(r["reason"] == "timeout" for r in by_round[2]["rejected"])
+    assert all(0 < m["client_eps_max"] < float("inf") for m in by_round.values())
+    with PrivacyLedger(state / "privacy-ledger.sqlite") as ledger:
+        spends = ledger.spends("federation")
+        assert [s.round for s in spends] == [1, 2, 3]  # one user-level spend per round, none twice
+        assert by_round[3]["user_eps"] == pytest.approx(ledger.epsilon("federation", "population"))
+    assert (state / "adapters" / "final.safetensors").is_file()
