@@ -1,0 +1,219 @@
+"""Example-level DP-SGD on adapter parameters only, through Opacus' ``PrivacyEngine``.
+
+Poisson sampling at rate ``q = 1 / ceil(N / batch_size)`` (the rate Opacus itself derives and accounts
+for), flat per-sample clipping of the trainable (adapter) gradients to ``max_grad_norm``, Gaussian noise
+``sigma * max_grad_norm`` on their sum. The budget is checked in the ledger *before* any training and the
+spend is recorded after it. Opacus pitfalls guarded here: frozen parameters never reach the optimizer;
+the model is moved to its device before hooks are attached; each call wraps the model afresh and removes
+every hook and ``grad_sample`` attribute on the way out (also on errors), so federated rounds that call
+this repeatedly never stack hooks.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from opacus import PrivacyEngine
+from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.gsm_base import AbstractGradSampleModule
+from opacus.utils.batch_memory_manager import BatchMemoryManager
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fedge.errors import ConfigError
+from fedge.privacy.accountants import PrivacyReport, calibrate_noise
+from fedge.privacy.ledger import PrivacyLedger, Spend
+
+#: per-sample gradient mode per adapter kind, chosen by ``benchmarks/dp_overhead.py`` (fastest measured)
+DEFAULT_MODES: dict[str, str] = {"film": "hooks", "lora": "ghost", "head": "ghost"}
+#: when several kinds are injected, the most expensive one present picks the mode
+_COST_ORDER = ("lora", "film", "head")
+MODES = ("hooks", "functorch", "ghost")
+
+
+@dataclass(frozen=True)
+class DPSGDConfig:
+    """Local DP-SGD settings. Give ``noise_multiplier`` or ``target_epsilon`` (for this call's steps)."""
+
+    batch_size: int = 64  # expected logical batch size; q = 1 / ceil(N / batch_size)
+    epochs: float = 1.0
+    steps: int | None = None  # overrides epochs when set
+    lr: float = 0.1
+    momentum: float = 0.0
+    max_grad_norm: float = 1.0
+    noise_multiplier: float | None = None
+    target_epsilon: float | None = None
+    max_physical_batch_size: int = 256  # memory bound; larger logical batches are split
+    grad_sample_mode: str = "auto"  # "auto" picks DEFAULT_MODES by adapter kind
+
+    def __post_init__(self) -> None:
+        if (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ConfigError("give exactly one of noise_multiplier or target_epsilon (math.inf: no privacy)")
+        if self.grad_sample_mode not in (*MODES, "auto"):
+            raise ConfigError(f"grad_sample_mode must be one of {MODES} or 'auto', got {self.grad_sample_mode!r}")
+        if not self.max_grad_norm > 0 or self.batch_size < 1 or self.max_physical_batch_size < 1:
+            raise ConfigError("need max_grad_norm > 0, batch_size >= 1, max_physical_batch_size >= 1")
+
+
+@dataclass(frozen=True)
+class DPSGDResult:
+    """What one private training spent and how it went."""
+
+    spend: Spend
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+    grad_sample_mode: str
+    mean_loss: float
+
+    @property
+    def report(self) -> PrivacyReport:
+        """The subject's guarantee after this training (unit, delta, accountant, sampling)."""
+        return self.spend.report()
+
+
+def choose_mode(model: nn.Module) -> str:
+    """Per-sample gradient mode for the adapters in ``model``: the most expensive kind present decides."""
+    kinds = _adapter_kinds(model)
+    for kind in _COST_ORDER:
+        if kind in kinds:
+            return DEFAULT_MODES[kind]
+    return "hooks"
+
+
+def _adapter_kinds(model: nn.Module) -> set[str]:
+    from fedge.adapters import specs_of
+
+    try:
+        return {s.kind for s in specs_of(model)}
+    except ConfigError:  # a plain module without fedge adapters
+        return set()
+
+
+def _check_trainable(model: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters; with fedge adapters injected they must be exactly the adapter parameters."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ConfigError("model has no trainable parameters; inject adapters first (fedge.adapters.inject)")
+    if _adapter_kinds(model):
+        from fedge.adapters import adapter_parameters
+
+        extra = {id(p) for p in trainable} - {id(p) for p in adapter_parameters(model)}
+        if extra:
+            names = [n for n, p in model.named_parameters() if id(p) in extra][:5]
+            raise ConfigError(f"backbone parameters are trainable ({names}...); only adapters may train under DP here")
+    return trainable
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """Return the plain module, removing Opacus hooks and per-sample attributes if it was wrapped."""
+    while isinstance(model, AbstractGradSampleModule):
+        model = model.to_standard_module()
+    for p in model.parameters():
+        for attr in ("grad_sample", "_forward_counter", "_current_grad_sample", "_norm_sample"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+    return model
+
+
+def plan(dataset_size: int, config: DPSGDConfig, delta: float, accountant: str) -> tuple[float, int, float]:
+    """(sample_rate, steps, noise_multiplier) that training will use; pure, so callers can preview."""
+    if dataset_size < 1:
+        raise ConfigError("cannot train on an empty dataset")
+    sample_rate = 1.0 / math.ceil(dataset_size / config.batch_size)
+    steps = config.steps if config.steps is not None else max(1, round(config.epochs / sample_rate))
+    if config.noise_multiplier is not None:
+        sigma = float(config.noise_multiplier)
+    else:
+        assert config.target_epsilon is not None
+        sigma = calibrate_noise(config.target_epsilon, delta, sample_rate, steps, accountant)  # type: ignore[arg-type]
+    return sample_rate, steps, sigma
+
+
+def train_dp_sgd(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    ledger: PrivacyLedger,
+    run: str,
+    round: int,
+    subject: str,
+    config: DPSGDConfig,
+    loss_fn: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    seed: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> DPSGDResult:
+    """Train the trainable (adapter) parameters of ``model`` in place with DP-SGD; returns the spend.
+
+    ``subject`` is whose data this is (a client id). Raises :class:`PrivacyBudgetExceeded` before
+    touching the model if the planned steps would exceed the run's budget.
+    """
+    model = unwrap(model)
+    budget = ledger.budget(run)
+    assert budget is not None
+    if budget.unit != "example":
+        raise ConfigError(f"run {run!r} accounts per {budget.unit}; DP-SGD spends per example")
+    trainable = _check_trainable(model)
+    sample_rate, steps, sigma = plan(len(dataset), config, budget.delta, budget.accountant)  # type: ignore[arg-type]
+    ledger.check(run, subject, sigma, sample_rate, steps)
+
+    mode = choose_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
+    model.to(device)  # before Opacus attaches hooks: moving a wrapped model breaks them
+    model.train()
+    criterion = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum)
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    loader = DataLoader(dataset, batch_size=config.batch_size, generator=gen)
+    with warnings.catch_warnings():
+        # torchcsprng is not available: noise comes from torch's PRNG (see docs/privacy.md).
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        engine = PrivacyEngine(accountant=budget.accountant)
+        if gen is not None:
+            engine.secure_rng = gen  # the Poisson sampler draws from this; a seed makes a run reproducible
+        parts: Any = engine.make_private(
+            module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
+            noise_multiplier=sigma, max_grad_norm=config.max_grad_norm, poisson_sampling=True,
+            grad_sample_mode=mode, noise_generator=gen,
+        )
+    if mode == "ghost":
+        dp_model, dp_opt, dp_crit, dp_loader = parts
+    else:
+        (dp_model, dp_opt, dp_loader), dp_crit = parts, criterion
+    losses: list[float] = []
+    try:
+        with warnings.catch_warnings(), BatchMemoryManager(
+            data_loader=dp_loader, max_physical_batch_size=config.max_physical_batch_size, optimizer=dp_opt
+        ) as mem_loader:
+            # The frozen stem's input needs no grad; torch warns about that for every hooked module.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            done = 0
+            while done < steps:
+                for x, y in mem_loader:
+                    x, y = x.to(device), y.to(device)
+                    dp_opt.zero_grad(set_to_none=True)
+                    loss = dp_crit(dp_model(x), y) if len(x) else None
+                    if loss is not None:
+                        loss.backward()
+                        losses.append(float(loss.detach()))
+                    dp_opt.step()
+                    if not dp_opt._is_last_step_skipped:
+                        done += 1
+                        if on_step is not None:
+                            on_step(done, losses[-1] if losses else float("nan"))
+                    if done >= steps:
+                        break
+                dp_opt.zero_grad(set_to_none=True)
+    finally:
+        unwrap(dp_model)
+    taken = sum(s for _, _, s in engine.accountant.history)
+    spend = ledger.record(run, round, subject, sigma, sample_rate, taken)
+    return DPSGDResult(spend, sigma, sample_rate, taken, mode, sum(losses) / max(1, len(losses)))
+
+
+__all__ = ["DEFAULT_MODES", "DPSGDConfig", "DPSGDResult", "GradSampleModule", "plan", "train_dp_sgd", "unwrap"]

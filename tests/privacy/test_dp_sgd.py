@@ -1,0 +1,183 @@
+"""DP-SGD on adapters: only adapters move, clip bound, reduction to SGD, budget refusal, no stacked hooks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from fedge.adapters import AdapterSpec, adapter_names, inject
+from fedge.errors import ConfigError, PrivacyBudgetExceeded
+from fedge.models import create_model
+from fedge.privacy.accountants import compute_epsilon
+from fedge.privacy.dp_sgd import DPSGDConfig, plan, train_dp_sgd
+from fedge.privacy.ledger import PrivacyLedger
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path) -> PrivacyLedger:
+    led = PrivacyLedger(tmp_path / "ledger.db")
+    led.open_run("r", epsilon=20.0, delta=1e-5)
+    return led
+
+
+def _data(n: int = 24, size: int = 8, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 1, size, size, generator=g), torch.randint(0, 10, (n,), generator=g))
+
+
+def _model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model("resnet_gn_small", num_classes=10, in_chans=1)
+    specs = [AdapterSpec(kind="head", num_classes=10)] if kind == "head" else [AdapterSpec(kind=kind)]
+    return inject(model, specs)
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize(
+    "kind,mode",
+    [
+        ("film", "hooks"),
+        ("head", "hooks"),
+        ("film", "ghost"),
+        ("lora", "ghost"),
+        pytest.param("lora", "hooks", marks=pytest.mark.slow),
+        pytest.param("film", "functorch", marks=pytest.mark.slow),
+    ],
+)
+def test_only_adapters_change(kind: str, mode: str, ledger: PrivacyLedger) -> None:
+    model = _model(kind)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    adapters = set(adapter_names(model))
+    assert adapters == {n for n, p in model.named_parameters() if p.requires_grad}
+    cfg = DPSGDConfig(batch_size=8, steps=3, lr=0.5, noise_multiplier=1.0, grad_sample_mode=mode)
+    result = train_dp_sgd(model, _data(), ledger=ledger, run="r", round=1, subject="c1", config=cfg, seed=0)
+    after = model.state_dict()
+    assert set(after) == set(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    frozen = set(before) - adapters
+    assert changed and changed <= adapters
+    assert all(torch.equal(before[k], after[k]) for k in frozen)  # bit-exact
+    assert result.steps == 3 and result.grad_sample_mode == mode
+    assert result.spend.epsilon_after == pytest.approx(compute_epsilon(1.0, result.sample_rate, 3, 1e-5))
+    assert (result.report.unit, result.report.accountant, result.report.sampling) == ("example", "rdp", "poisson")
+
+
+def test_per_sample_clip_bound(ledger: PrivacyLedger) -> None:
+    """One example, q=1, sigma=0: the step is exactly -lr * g * min(1, C/|g|)."""
+    model = _model("head")
+    data = TensorDataset(100 * torch.randn(1, 1, 12, 12), torch.tensor([3]))
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    nn.CrossEntropyLoss()(model(data.tensors[0]), data.tensors[1]).backward()
+    grad = torch.cat([p.grad.flatten() for p in params])
+    model.zero_grad(set_to_none=True)
+    clip = 0.01
+    assert grad.norm() > 10 * clip
+    before = torch.cat([p.detach().flatten() for p in params])
+    cfg = DPSGDConfig(batch_size=1, steps=1, lr=1.0, max_grad_norm=clip, noise_multiplier=0.0)
+    ledger.open_run("free", epsilon=math.inf, delta=1e-5)
+    train_dp_sgd(model, data, ledger=ledger, run="free", round=1, subject="c", config=cfg, seed=0)
+    step = torch.cat([p.detach().flatten() for p in params]) - before
+    assert step.norm().item() == pytest.approx(clip, rel=1e-4)
+    assert torch.allclose(step, -grad * clip / grad.norm(), atol=1e-6)
+
+
+def test_no_noise_huge_clip_is_plain_sgd(ledger: PrivacyLedger) -> None:
+    """q=1 includes every example at every step, so sigma=0 and C=1e9 is full-batch gradient descent."""
+    data = _data(n=16)
+    dp_model, ref = _model("film"), _model("film")
+    ledger.open_run("free", epsilon=math.inf, delta=1e-5)
+    cfg = DPSGDConfig(batch_size=16, steps=3, lr=0.3, max_grad_norm=1e9, noise_multiplier=0.0)
+    result = train_dp_sgd(dp_model, data, ledger=ledger, run="free", round=1, subject="c", config=cfg, seed=0)
+    assert result.sample_rate == 1.0
+    opt = torch.optim.SGD([p for p in ref.parameters() if p.requires_grad], lr=0.3)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.CrossEntropyLoss()(ref(data.tensors[0]), data.tensors[1]).backward()
+        opt.step()
+    for (name, a), b in zip(dp_model.state_dict().items(), ref.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+
+
+def test_over_budget_refused_before_training(tmp_path: Path) -> None:
+    model = _model("film")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with PrivacyLedger(tmp_path / "l.db") as ledger:
+        ledger.open_run("tight", epsilon=1.0, delta=1e-5)
+        cfg = DPSGDConfig(batch_size=8, steps=50, noise_multiplier=0.5)
+        with pytest.raises(PrivacyBudgetExceeded, match="over the budget"):
+            train_dp_sgd(model, _data(), ledger=ledger, run="tight", round=1, subject="c", config=cfg)
+        assert ledger.spends("tight") == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert _hook_count(model) == 0
+
+
+def test_repeated_rounds_do_not_stack_hooks(ledger: PrivacyLedger) -> None:
+    model = _model("film")
+    base_hooks = _hook_count(model)
+    cfg = DPSGDConfig(batch_size=8, steps=1, noise_multiplier=1.0)
+    eps = []
+    for rnd in range(1, 4):
+        r = train_dp_sgd(model, _data(), ledger=ledger, run="r", round=rnd, subject="c1", config=cfg, seed=rnd)
+        eps.append(r.spend.epsilon_after)
+        assert type(model).__name__ == "ResNetGN"
+        assert _hook_count(model) == base_hooks
+        assert not any(hasattr(p, "grad_sample") for p in model.parameters())
+    assert eps == sorted(eps) and eps[-1] == pytest.approx(ledger.epsilon("r", "c1"))
+    assert eps[-1] == pytest.approx(compute_epsilon(1.0, r.sample_rate, 3, 1e-5))
+
+
+def test_target_epsilon_and_memory_bounded_batches(ledger: PrivacyLedger) -> None:
+    data = _data(n=40)
+    cfg = DPSGDConfig(batch_size=20, epochs=2, target_epsilon=5.0, max_physical_batch_size=4)
+    q, steps, sigma = plan(len(data), cfg, 1e-5, "rdp")
+    assert (q, steps) == (0.5, 4)
+    r = train_dp_sgd(_model("head"), data, ledger=ledger, run="r", round=1, subject="c9", config=cfg, seed=0)
+    assert r.noise_multiplier == pytest.approx(sigma) and r.steps == 4  # logical steps, not physical
+    assert 4.9 <= r.spend.epsilon_after <= 5.0
+
+
+def test_config_errors(ledger: PrivacyLedger) -> None:
+    with pytest.raises(ConfigError):
+        DPSGDConfig()
+    with pytest.raises(ConfigError):
+        DPSGDConfig(noise_multiplier=1.0, grad_sample_mode="magic")
+    plain = create_model("resnet_gn_small", num_classes=10, in_chans=1)
+    for p in plain.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ConfigError, match="inject adapters"):
+        train_dp_sgd(plain, _data(), ledger=ledger, run="r", round=1, subject="c", config=DPSGDConfig(noise_multiplier=1.0))
+    ledger.open_run("users", epsilon=5.0, delta=1e-5, unit="user")
+    with pytest.raises(ConfigError, match="per user"):
+        train_dp_sgd(_model("head"), _data(), ledger=ledger, run="users", round=1, subject="c",
+                     config=DPSGDConfig(noise_multiplier=1.0))
+
+
+def test_unfrozen_backbone_is_refused(ledger: PrivacyLedger) -> None:
+    model = _model("film")
+    model.conv1.weight.requires_grad_(True)
+    with pytest.raises(ConfigError, match="backbone parameters are trainable"):
+        train_dp_sgd(model, _data(), ledger=ledger, run="r", round=1, subject="c", config=DPSGDConfig(noise_multiplier=1.0))
+
+
+def test_auto_mode_follows_benchmark_table(ledger: PrivacyLedger) -> None:
+    from fedge.privacy.dp_sgd import DEFAULT_MODES, choose_mode
+
+    assert choose_mode(_model("film")) == DEFAULT_MODES["film"]
+    assert choose_mode(_model("head")) == DEFAULT_MODES["head"]
+    both = inject(create_model("resnet_gn_small", num_classes=10, in_chans=1),
+                  [AdapterSpec(kind="film"), AdapterSpec(kind="lora"), AdapterSpec(kind="head", num_classes=10)])
+    assert choose_mode(both) == DEFAULT_MODES["lora"]
+    r = train_dp_sgd(both, _data(), ledger=ledger, run="r", round=1, subject="c", seed=0,
+                     config=DPSGDConfig(batch_size=8, steps=1, noise_multiplier=1.0))
+    assert r.grad_sample_mode == DEFAULT_MODES["lora"]
