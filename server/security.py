@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -104,7 +105,7 @@ def read_public_key(path: str | Path) -> bytes:
     data = Path(path).read_bytes()
     try:
         key = serialization.load_ssh_public_key(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ConfigError(f"{path} is not an OpenSSH public key: {exc}") from None
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise ConfigError(f"{path} is not an EC public key; make one with `fed-client keygen`")
