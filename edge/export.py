@@ -96,6 +96,7 @@ def export_onnx(
                 output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: batch}, [None] * len(affines)),
                 optimize=True,
+                external_data=False,  # one self-contained file (no stale model.onnx.data beside it)
                 verbose=False,
             )
     except Exception as e:  # the exporter raises many unrelated types; keep the cause chained

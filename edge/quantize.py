@@ -12,6 +12,8 @@ their affine inputs are the adaptable parameters a device must be able to overwr
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -93,13 +95,14 @@ def quantize(
         extra: dict[str, Any] = {}
         if method == "percentile":
             extra["CalibPercentile"] = 99.99
-        quantize_static(
-            str(pre), str(out_path), ArrayCalibrationReader(calibration),
-            quant_format=QuantFormat.QDQ, per_channel=per_channel,
-            activation_type=ACTIVATION_TYPES[activation_type], weight_type=QuantType.QInt8,
-            calibrate_method=METHODS[method], op_types_to_quantize=list(OP_TYPES),
-            nodes_to_exclude=exclude, extra_options=extra,
-        )
+        with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress to stdout
+            quantize_static(
+                str(pre), str(out_path), ArrayCalibrationReader(calibration),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=ACTIVATION_TYPES[activation_type], weight_type=QuantType.QInt8,
+                calibrate_method=METHODS[method], op_types_to_quantize=list(OP_TYPES),
+                nodes_to_exclude=exclude, extra_options=extra,
+            )
     _check_float_inputs(Path(out_path), keep)
     return Path(out_path)
 

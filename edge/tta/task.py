@@ -109,7 +109,7 @@ def train_classifier(model: nn.Module, x: np.ndarray, y: np.ndarray, cfg: TaskMo
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return {"loss": float(np.mean(losses[-20:])), "seconds": time.perf_counter() - t0}
 
