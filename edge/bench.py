@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -101,3 +102,31 @@ def table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<14}{r['p50_ms']:>9.3f}{r['p95_ms']:>9.3f}{r['throughput_b32_ips']:>11.0f}"
                      f"{r['bytes'] / 1024:>9.0f}{r[metric]:>10.2f}")
     return "\n".join(lines)
+
+
+def profile_ops(path: str | Path, x: np.ndarray, runs: int = 50, threads: int = 1) -> dict[str, Any]:
+    """ORT's own profiler: share of kernel time per op type (evidence for where int8 time goes)."""
+    import json
+    import os
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
+    so.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        so.profile_file_prefix = os.path.join(tmp, "prof")
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        for _ in range(runs):
+            sess.run(None, {name: x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    nodes = 0
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] = per_op.get(e["args"]["op_name"], 0.0) + e["dur"]
+            nodes += 1
+    total = sum(per_op.values())
+    return {"kernel_ms_per_run": total / runs / 1e3, "nodes_run": nodes // runs,
+            "share": {k: round(v / total, 3) for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}}
