@@ -1,0 +1,127 @@
+"""Backends that run fedge's ServerApp against simulated clients.
+
+``ray``: Flower's Simulation Engine (:func:`flwr.simulation.run_simulation`, Ray backend) with fedge's
+ServerApp main (:func:`fedge.server.app.main`, unchanged) and the simulation ClientApp. ``inprocess``: the
+same ServerApp main and client handlers, with the Grid answered in this process (no Ray, no actors), for
+sweeps and as the overhead-free reference. Both give virtual node ``NODE_BASE + i`` to training user ``i``
+so that the server's seeded cohort sampling picks the same users in both, run after run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flwr.app import Context, Message, RecordDict
+
+from fedge.simulations.data import ENV, DataSpec
+
+NODE_BASE = 1_000_000
+log = logging.getLogger("fedge.simulations")
+
+
+@contextmanager
+def deterministic_node_ids() -> Iterator[None]:
+    """Make Flower's in-memory link state number virtual SuperNodes ``NODE_BASE + i`` in creation order.
+
+    Flower draws node ids from ``os.urandom``; fedge's server samples cohorts from the sorted node ids with a
+    seeded RNG, so random ids would give every run different cohorts. Flower 1.42 offers no switch, so the
+    id source of ``InMemoryLinkState.create_node`` (its only use in that module) is swapped while the
+    simulation registers its nodes.
+    """
+    from flwr.server.superlink.linkstate import in_memory_linkstate as ims
+
+    original = ims.generate_rand_int_from_bytes
+    counter = itertools.count(NODE_BASE)
+
+    def _next_id(num_bytes: int, exclude: set[int] | None = None) -> int:
+        n = next(counter)
+        while exclude and n in exclude:
+            n = next(counter)
+        return n
+
+    ims.generate_rand_int_from_bytes = _next_id  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        ims.generate_rand_int_from_bytes = original
+
+
+def _server_context(run_config: dict[str, Any]) -> Context:
+    return Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+
+
+def backend_config(num_cpus: int, client_cpus: float, object_store_mb: int) -> dict[str, Any]:
+    """Ray settings small enough for a 2-core laptop (one actor per ``client_cpus``)."""
+    return {
+        "init_args": {"num_cpus": num_cpus, "object_store_memory": object_store_mb * 1024 * 1024,
+                      "include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False,
+                      "configure_logging": False},
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": 0.0},
+    }
+
+
+def run_ray(run_config: dict[str, Any], spec: DataSpec, num_nodes: int, num_cpus: int = 2,
+            client_cpus: float = 1.0, object_store_mb: int = 128) -> None:
+    """Run fedge's ServerApp main on Flower's Simulation Engine with ``num_nodes`` virtual SuperNodes."""
+    import ray
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from fedge.server.app import main as fedge_server_main
+    from fedge.simulations.client_app import app as client_app
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        # Flower's Python API has no run config: hand fedge's ServerApp the run's (deployment passes it
+        # with `flwr run --run-config`).
+        fedge_server_main(grid, _server_context(run_config))
+
+    os.environ[ENV] = spec.to_json()  # Ray workers inherit the driver's environment at ray.init
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if ray.is_initialized():
+        ray.shutdown()  # workers of an earlier run would carry its FEDGE_SIM_DATA
+    try:
+        with deterministic_node_ids():
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_nodes,
+                           backend_config=backend_config(num_cpus, client_cpus, object_store_mb))
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+class InProcessGrid:
+    """A Grid whose virtual nodes answer in this process through the simulation ClientApp's handlers."""
+
+    def __init__(self, spec: DataSpec, num_nodes: int) -> None:
+        from flwr.supercore.task_identity import TaskIdentity
+
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        self.spec, self.num_nodes = spec, num_nodes
+
+    def get_node_ids(self) -> list[int]:
+        return [NODE_BASE + i for i in range(self.num_nodes)]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        from fedge.simulations.client_app import handle_evaluate, handle_train
+
+        out = []
+        for msg in messages:
+            pid = int(msg.metadata.dst_node_id) - NODE_BASE
+            handler = handle_train if msg.metadata.message_type == "train" else handle_evaluate
+            out.append(handler(msg, self.spec, pid))
+        return out
+
+
+def run_inprocess(run_config: dict[str, Any], spec: DataSpec, num_nodes: int) -> None:
+    """Run fedge's ServerApp main against :class:`InProcessGrid` (same server and client code, no Ray)."""
+    from fedge.server.app import main as fedge_server_main
+
+    os.environ[ENV] = spec.to_json()
+    fedge_server_main(InProcessGrid(spec, num_nodes), _server_context(run_config))  # type: ignore[arg-type]
