@@ -15,11 +15,11 @@ from typing import Any
 import grpc
 import numpy as np
 
+from fedge.edge.tta.selection import Selector, softmax
 from fedge.errors import FedgeError
 from fedge.proto import codec
 from fedge.proto import fedge_pb2 as pb
 from fedge.proto import fedge_pb2_grpc as pb_grpc
-from fedge.edge.tta.selection import Selector, softmax
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 

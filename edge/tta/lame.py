@@ -41,11 +41,11 @@ def lame(logits: np.ndarray, features: np.ndarray, k: int = 5, lam: float = 1.0,
     log_p = np.log(np.clip(softmax(logits), 1e-20, 1.0))
     w = knn_affinity(features, k)
     z = np.exp(log_p)
-    old = np.inf
+    old: float | None = None
     for _ in range(max_steps):
         z = softmax(log_p + lam * (w @ z))
         e = energy(z, log_p, w, lam)
-        if abs(e - old) <= tol * max(abs(old), 1e-12):
+        if old is not None and abs(e - old) <= tol * max(abs(old), 1e-12):
             break
         old = e
     return z
