@@ -19,7 +19,7 @@ from fedge.server.security import make_node_keys
 from fedge.server.superlink import flower_bin, flower_env
 from fedge.server.task import load_user_data, save_user_data
 
-EXIT_AUTH = 305 % 256  # flower-supernode exits with code 305 (node not activated), seen as 49 by a parent
+REFUSED = ("Exit Code: 305", "Failed to activate SuperNode")  # flower-supernode's words (its exit code is 1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +90,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"fed-client: {n} local examples, connecting to {args.server} "
           f"({'insecure' if args.insecure else 'TLS'}, {'node key ' + args.key.name if args.key else 'no node key'})",
           flush=True)
-    proc = subprocess.Popen(supernode_command(args, data_path, port), env=env)
+    proc = subprocess.Popen(supernode_command(args, data_path, port), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    refused = False
     try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # pass the SuperNode's log through, watching for a refusal
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            refused = refused or any(r in line for r in REFUSED)
         code = proc.wait()
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGTERM)
@@ -100,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         return 130
-    if code == EXIT_AUTH:
+    if code != 0 and refused:
         raise FedgeError("the server refused this node or is unreachable: check --server and --root-cert, and "
                          "that the server lists this node's .pub in --authorized-keys")
     return code

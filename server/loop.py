@@ -49,11 +49,23 @@ def _secure_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
 
 
-def send_round(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, timeout_s: float
-               ) -> tuple[list[Message], list[int]]:
-    """Send ``content`` to ``nodes``; returns (replies, nodes that did not reply in time)."""
+def send_round(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, timeout_s: float,
+               poll_s: float = 0.25) -> tuple[list[Message], list[int]]:
+    """Send ``content`` to ``nodes``; returns (replies, nodes that did not reply within ``timeout_s``).
+
+    Uses the Grid's push/pull API with a short poll interval (``Grid.send_and_receive`` sleeps 3 s
+    between pulls, which would dominate short rounds).
+    """
     msgs = [Message(content=content, dst_node_id=n, message_type=message_type) for n in nodes]
-    replies = list(grid.send_and_receive(msgs, timeout=timeout_s))
+    pending = set(grid.push_messages(msgs))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(list(pending)))
+        replies += got
+        pending -= {m.metadata.reply_to_message_id for m in got}
+        if pending:
+            time.sleep(poll_s)
     answered = {int(r.metadata.src_node_id) for r in replies}
     return replies, [n for n in nodes if n not in answered]
 

@@ -40,7 +40,15 @@ class FakeGrid:
     def get_node_ids(self) -> list[int]:
         return list(self.users)
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        self._replies = self._answer(messages)
+        return [r.metadata.reply_to_message_id for r in self._replies]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        out, self._replies = self._replies, []
+        return out
+
+    def _answer(self, messages: Iterable[Message]) -> list[Message]:
         out = []
         for msg in messages:
             node = msg.metadata.dst_node_id
