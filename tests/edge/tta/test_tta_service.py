@@ -45,8 +45,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
     return cert.read_bytes(), key.read_bytes()
 
 
-def _start(certs, state_dir: Path | None = None, port: int = 0, limits: ServiceLimits = ServiceLimits()):
-    service = AdaptationService(CountingAdapter(), DEVICES, ParameterStore(state_dir, "hash0"), limits)
+def _start(certs, state_dir: Path | None = None, port: int = 0, limits: ServiceLimits | None = None):
+    service = AdaptationService(CountingAdapter(), DEVICES, ParameterStore(state_dir, "hash0"),
+                                limits or ServiceLimits())
     server, bound = serve(service, f"127.0.0.1:{port}", tls=certs)
     return service, server, bound
 
