@@ -29,6 +29,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.registry import QDQRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -95,9 +96,14 @@ def quantize(
         extra: dict[str, Any] = {}
         if method == "percentile":
             extra["CalibPercentile"] = 99.99
+        reader: ArrayCalibrationReader | None = ArrayCalibrationReader(calibration)
+        cache = None
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress to stdout
+            if method == "entropy":
+                cache = _entropy_cache(pre, reader, Path(tmp))
+                reader = None
             quantize_static(
-                str(pre), str(out_path), ArrayCalibrationReader(calibration),
+                str(pre), str(out_path), reader, calibration_cache_path=cache,
                 quant_format=QuantFormat.QDQ, per_channel=per_channel,
                 activation_type=ACTIVATION_TYPES[activation_type], weight_type=QuantType.QInt8,
                 calibrate_method=METHODS[method], op_types_to_quantize=list(OP_TYPES),
@@ -105,6 +111,22 @@ def quantize(
             )
     _check_float_inputs(Path(out_path), keep)
     return Path(out_path)
+
+
+def _entropy_cache(model: Path, reader: ArrayCalibrationReader, tmp: Path) -> Path:
+    """Entropy (KL) ranges with TensorRT's 2048 histogram bins, saved as ORT's calibration cache.
+
+    ``quantize_static`` builds its entropy calibrator with 128 bins and 128 quantized bins, which leaves one
+    candidate threshold: the full range, i.e. MinMax (measured: identical scales). ``num_bins`` is not among
+    the options it forwards, so the calibrator is built here with ORT's own ``create_calibrator``.
+    """
+    calibrator = create_calibrator(model, list(OP_TYPES), augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+    calibrator.collect_data(reader)
+    path = tmp / "entropy_cache.json"
+    save_tensors_data(calibrator.compute_data(), path)
+    return path
 
 
 def _check_float_inputs(path: Path, keep: set[str]) -> None:
