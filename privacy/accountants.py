@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -120,13 +121,19 @@ class Accountant:
 
 def _epsilon(name: str, history: list[Step], delta: float) -> float:
     _check_delta(delta)
-    history = [h for h in history if h[2] > 0]
+    return _epsilon_cached(name, tuple(tuple(h) for h in history if h[2] > 0), delta)  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=1024)
+def _epsilon_cached(name: str, history: tuple[Step, ...], delta: float) -> float:
+    # Pure and slow (PRV: an FFT; RDP: series for fractional orders); a budget check and the spend
+    # that follows it ask for the same value.
     if not history:
         return 0.0
     if any(z == 0 for z, _, _ in history):
         return math.inf
     acc = ACCOUNTANTS[name]()
-    acc.history = list(history)
+    acc.history = [tuple(h) for h in history]
     if name == "prv":
         # Opacus' default eps_error (0.01 absolute) is coarse for small epsilons; tighten it.
         eps = acc.get_epsilon(delta, eps_error=0.001)
