@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = args.models or (6 if args.quick else 16)
-    n_pool, epochs = (200, 10) if args.quick else (500, 40)
+    n_pool, epochs = (150, 6) if args.quick else (500, 40)
     eps_audit = [1.0, 8.0, math.inf]
     eps_utility = [] if args.quick else [2.0, 4.0]
     start = time.time()
