@@ -12,6 +12,8 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from fedge.errors import ConfigError, FedgeError
@@ -92,14 +94,20 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     proc = subprocess.Popen(supernode_command(args, data_path, port), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
-    refused = False
-    try:
+    refused = threading.Event()
+
+    def relay() -> None:  # pass the SuperNode's log through, watching for a refusal
         assert proc.stdout is not None
-        for line in proc.stdout:  # pass the SuperNode's log through, watching for a refusal
+        for line in proc.stdout:
             sys.stdout.write(line)
             sys.stdout.flush()
-            refused = refused or any(r in line for r in REFUSED)
-        code = proc.wait()
+            if any(r in line for r in REFUSED):
+                refused.set()
+
+    threading.Thread(target=relay, daemon=True).start()
+    try:
+        code = proc.wait()  # not EOF: the SuperNode's own SuperExec child may hold the pipe a while longer
+        time.sleep(0.5)
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -107,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         return 130
-    if code != 0 and refused:
+    if code != 0 and refused.is_set():
         raise FedgeError("the server refused this node or is unreachable: check --server and --root-cert, and "
                          "that the server lists this node's .pub in --authorized-keys")
     return code

@@ -134,7 +134,7 @@ def follow(link: SuperLink, run_id: int, store: RunStore, cfg: FederationConfig,
                 print_round(m, cfg.rounds)
         if link.proc is not None and link.proc.poll() is not None:
             raise FedgeError(f"the SuperLink exited (code {link.proc.returncode}); see {store.dir}/superlink.log")
-        if time.monotonic() - last_status_check > 10:
+        if time.monotonic() - last_status_check > 30:  # `flwr list` is a whole CLI process: not too often
             last_status_check = time.monotonic()
             status = link.run_status(run_id)
             if status.startswith("finished"):
