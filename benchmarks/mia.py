@@ -93,7 +93,10 @@ def main() -> None:
     mu, sd = ft.mean(0), ft.std(0) + 1e-6  # scaling from public (test) data only
     fp, ft = (fp - mu) / sd, (ft - mu) / sd
     yp_t, yt_t = torch.as_tensor(yp, dtype=torch.long), torch.as_tensor(yt, dtype=torch.long)
-    in_mask = np.random.default_rng(1).random((models, n_pool)) < 0.5
+    rng = np.random.default_rng(1)
+    in_mask = np.zeros((models, n_pool), dtype=bool)
+    for m in range(models):  # exact halves: every model has the same q, steps and sigma
+        in_mask[m, rng.permutation(n_pool)[: n_pool // 2]] = True
 
     table, curves = [], {}
     with tempfile.TemporaryDirectory() as tmp, PrivacyLedger(f"{tmp}/ledger.db") as ledger:

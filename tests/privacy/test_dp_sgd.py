@@ -138,10 +138,10 @@ def test_repeated_rounds_do_not_stack_hooks(ledger: PrivacyLedger) -> None:
 
 
 def test_target_epsilon_and_memory_bounded_batches(ledger: PrivacyLedger) -> None:
-    data = _data(n=40)
-    cfg = DPSGDConfig(batch_size=20, epochs=2, target_epsilon=5.0, max_physical_batch_size=4)
+    data = _data(n=80)
+    cfg = DPSGDConfig(batch_size=20, epochs=1, target_epsilon=5.0, max_physical_batch_size=4)
     q, steps, sigma = plan(len(data), cfg, 1e-5, "rdp")
-    assert (q, steps) == (0.5, 4)
+    assert (q, steps) == (0.25, 4)
     r = train_dp_sgd(_model("head"), data, ledger=ledger, run="r", round=1, subject="c9", config=cfg, seed=0)
     assert r.noise_multiplier == pytest.approx(sigma) and r.steps == 4  # logical steps, not physical
     assert 4.9 <= r.spend.epsilon_after <= 5.0
