@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the cloud adaptation service (gRPC)")
     models(s)
-    s.add_argument("--foundation-arch", default="resnet_gn_small")
+    s.add_argument("--foundation-arch", default="wide_cnn")
     s.add_argument("--foundation-weights", type=Path, default=None)
     s.add_argument("--address", default="127.0.0.1:50071", help="host:port (port 0 picks a free one)")
     s.add_argument("--port-file", type=Path, default=None, help="write the bound port here once serving")
