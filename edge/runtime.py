@@ -115,8 +115,16 @@ class EdgeModel:
         """preprocess -> run -> postprocess."""
         return self.postprocess(self.run(self.preprocess(images)), threshold)
 
-    def set_params(self, params: Mapping[str, np.ndarray]) -> None:
-        """Swap adaptable parameters (e.g. new FiLM-folded norm affines from the cloud) for later runs."""
+    def set_params(self, params: Mapping[str, np.ndarray], backbone_hash: str | None = None) -> None:
+        """Swap adaptable parameters (e.g. new FiLM-folded norm affines from the cloud) for later runs.
+
+        ``backbone_hash``, when the sender states one, must be this bundle's: values adapted on another
+        backbone are refused rather than silently mixed in.
+        """
+        mine = self.manifest.get("backbone_hash", "")
+        if backbone_hash is not None and mine and backbone_hash != mine:
+            raise BundleError(f"parameters were adapted on backbone {backbone_hash[:16]}, this bundle's backbone "
+                              f"is {mine[:16]}; fetch parameters for this bundle or update the bundle")
         shapes = self.adaptable
         for name, value in params.items():
             if name not in shapes:

@@ -54,7 +54,9 @@ def bundle(trained: dict, task: TaskSplits, tmp_path_factory: pytest.TempPathFac
     from fedge.edge.pipeline import quantize_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "b"
-    info = BundleInfo(labels=task.labels, multilabel=True, arch="resnet_gn_small", task="flair_style/fine")
+    state = adapter_state(trained["model"])
+    info = BundleInfo(labels=task.labels, multilabel=True, arch="resnet_gn_small", task="flair_style/fine",
+                      backbone_hash=state.backbone_hash)
     build_bundle(trained["plain"], out, task.test[0][:128], info)
     quantize_bundle(out, task.calibration, task.val, task.test, methods=("minmax", "percentile"))
     return out

@@ -53,6 +53,14 @@ def test_predict_and_swap(bundle, task) -> None:
         m.set_params({name: np.zeros((3,), np.float32)})
     with pytest.raises(BundleError, match="not an adaptable parameter"):
         m.set_params({"nope": np.zeros(shape, np.float32)})
+    with pytest.raises(BundleError, match="adapted on backbone"):
+        m.set_params({name: np.zeros(shape, np.float32)}, backbone_hash="0" * 64)
+    m.set_params({name: np.zeros(shape, np.float32)}, backbone_hash=m.manifest["backbone_hash"])
+
+
+def test_bundle_files_are_self_contained(bundle) -> None:
+    names = {p.name for p in bundle.iterdir()}
+    assert names == {"manifest.json", "model.onnx", "model.int8.onnx", "reference.npz"}, names
 
 
 def test_uint8_preprocessing(bundle, task) -> None:
