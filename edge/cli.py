@@ -47,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="ORT format (.ort), mobile usability, reduced-operator config")
     c.add_argument("bundle", type=Path)
     c.add_argument("--no-usability", action="store_true")
+    c.add_argument("--target-platform", default="arm", choices=["arm", "amd64"],
+                   help="platform whose fusions are baked into the .ort files (phones: arm)")
 
     b = sub.add_parser("bench", help="latency/throughput/size/accuracy: PyTorch eager, ORT fp32, ORT int8")
     b.add_argument("bundle", type=Path)
@@ -96,7 +98,7 @@ def _quantize(args: argparse.Namespace) -> dict[str, Any]:
 def _convert(args: argparse.Namespace) -> dict[str, Any]:
     from fedge.edge.pipeline import convert_bundle
 
-    return convert_bundle(args.bundle, usability=not args.no_usability)
+    return convert_bundle(args.bundle, usability=not args.no_usability, target_platform=args.target_platform)
 
 
 def _bench(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,11 +23,16 @@ from fedge.edge.errors import ExportError, ParityError
 from fedge.edge.export import compare, ort_session, run_onnx
 
 
-def convert_to_ort(onnx_path: str | Path, out_dir: str | Path) -> dict[str, Path]:
+def convert_to_ort(onnx_path: str | Path, out_dir: str | Path, target_platform: str | None = "arm"
+                   ) -> dict[str, Path]:
     """Convert one ONNX file to ``<stem>.ort`` plus ``<stem>.required_operators.config`` in ``out_dir``.
 
-    Uses the 'Fixed' optimization style (optimizations baked in; the right one for the CPU EP on a phone).
+    Uses the 'Fixed' optimization style (optimizations baked in; the right one for the CPU EP on a phone);
+    ``target_platform`` 'arm' (phones) or 'amd64' picks the platform-specific fusions that get baked in.
     """
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "in"
@@ -36,7 +41,8 @@ def convert_to_ort(onnx_path: str | Path, out_dir: str | Path) -> dict[str, Path
         dst = Path(tmp) / "out"
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                convert_onnx_models_to_ort(src, output_dir=dst, optimization_styles=[OptimizationStyle.Fixed])
+                convert_onnx_models_to_ort(src, output_dir=dst, optimization_styles=[OptimizationStyle.Fixed],
+                                           target_platform=target_platform)
         except Exception as e:
             raise ExportError(f"ORT-format conversion of {onnx_path.name} failed: {e}") from e
         ort_files = list(dst.rglob("*.ort"))

@@ -87,7 +87,8 @@ def quantize_bundle(
     return report
 
 
-def convert_bundle(bundle: str | Path, usability: bool = True) -> dict[str, Any]:
+def convert_bundle(bundle: str | Path, usability: bool = True, target_platform: str | None = "arm"
+                   ) -> dict[str, Any]:
     """Convert every ONNX model of the bundle to ``.ort``, check each loads and matches its source,
     write the merged reduced-operator config, and record the ORT Mobile usability verdict."""
     from fedge.edge.mobile import check_ort, convert_to_ort, mobile_usability, required_operators
@@ -99,7 +100,7 @@ def convert_bundle(bundle: str | Path, usability: bool = True) -> dict[str, Any]
     ops: dict[str, dict[int, set[str]]] = {}
     for variant in [v for v in ("fp32", "int8") if v in manifest["files"]]:
         src = bundle / manifest["files"][variant]["path"]
-        out = convert_to_ort(src, bundle)
+        out = convert_to_ort(src, bundle, target_platform)
         # int8 outputs may differ from their ONNX twin only by ORT-format fusions; same tolerance as parity
         parity = check_ort(out["ort"], src, ref, atol=1e-4 if variant == "fp32" else 1e-2)
         for domain, versions in required_operators(out["config"]).items():
@@ -119,6 +120,7 @@ def convert_bundle(bundle: str | Path, usability: bool = True) -> dict[str, Any]
                       + "\n".join(lines) + "\n")
     register_file(bundle, manifest, "operators_config", config.name)
     report["required_operators"] = {d: {str(v): sorted(n) for v, n in vs.items()} for d, vs in ops.items()}
+    report["target_platform"] = target_platform
     manifest["mobile"] = report
     write_manifest(bundle, manifest)
     return report
