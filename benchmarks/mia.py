@@ -130,7 +130,7 @@ def main() -> None:
                 row["lira_online"], row["lira_offline"] = online.as_dict(), offline.as_dict()
                 curves[f"eps={row['epsilon']}"] = (s, y)
             table.append(row)
-    plot_path = plot_roc(curves, args.plot, title=f"LiRA on head adapters ({dataset}, {models} models)")
+    plot_path = plot_roc(curves, args.plot, title=f"LiRA, head adapters, {models} models")
     eps1 = next(r for r in table if r["epsilon"] == 1.0)
     value = eps1["lira_online"]["tpr@1%fpr"]  # type: ignore[index]
     bound = math.e * 0.01 + DELTA

@@ -11,6 +11,7 @@ this repeatedly never stack hooks.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Callable
@@ -75,6 +76,26 @@ class DPSGDResult:
     def report(self) -> PrivacyReport:
         """The subject's guarantee after this training (unit, delta, accountant, sampling)."""
         return self.spend.report()
+
+
+class PerSampleLoss(nn.Module):
+    """Wraps a torch loss so ``reduction="none"`` gives one value per example (mean over the rest).
+
+    Opacus' ghost clipping sets ``reduction="none"`` and needs a [batch] vector; a multi-label
+    ``BCEWithLogitsLoss`` would give [batch, classes]. With ``"mean"`` it equals the wrapped loss.
+    """
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = copy.copy(loss)  # we set its reduction; the caller's module stays as it was
+        self.reduction = getattr(loss, "reduction", "mean")
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        self.loss.reduction = "none"
+        per_sample = self.loss(output, target).reshape(len(output), -1).mean(dim=1)
+        if self.reduction == "none":
+            return per_sample
+        return per_sample.sum() if self.reduction == "sum" else per_sample.mean()
 
 
 def choose_mode(model: nn.Module) -> str:
@@ -166,7 +187,7 @@ def train_dp_sgd(
     mode = choose_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
     model.to(device)  # before Opacus attaches hooks: moving a wrapped model breaks them
     model.train()
-    criterion = loss_fn if loss_fn is not None else nn.CrossEntropyLoss()
+    criterion = PerSampleLoss(loss_fn if loss_fn is not None else nn.CrossEntropyLoss())
     optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     loader = DataLoader(dataset, batch_size=config.batch_size, generator=gen)

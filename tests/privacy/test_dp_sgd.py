@@ -181,3 +181,25 @@ def test_auto_mode_follows_benchmark_table(ledger: PrivacyLedger) -> None:
     r = train_dp_sgd(both, _data(), ledger=ledger, run="r", round=1, subject="c", seed=0,
                      config=DPSGDConfig(batch_size=8, steps=1, noise_multiplier=1.0))
     assert r.grad_sample_mode == DEFAULT_MODES["lora"]
+
+
+@pytest.mark.parametrize("kind", ["head", "film"])
+def test_modes_agree_on_clipped_update_multilabel(kind: str, tmp_path: Path) -> None:
+    """hooks and ghost clipping give the same clipped step (sigma=0, q=1) for a multi-label BCE loss."""
+    g = torch.Generator().manual_seed(3)
+    data = TensorDataset(torch.randn(12, 1, 8, 8, generator=g), (torch.rand(12, 10, generator=g) > 0.7).float())
+    loss = nn.BCEWithLogitsLoss()
+    steps = {}
+    with PrivacyLedger(tmp_path / "l.db") as ledger:
+        ledger.open_run("free", epsilon=math.inf, delta=1e-5)
+        for mode in ("hooks", "ghost"):
+            model = _model(kind)
+            before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+            cfg = DPSGDConfig(batch_size=12, steps=1, lr=1.0, max_grad_norm=0.05, noise_multiplier=0.0,
+                              grad_sample_mode=mode)
+            train_dp_sgd(model, data, ledger=ledger, run="free", round=1, subject=mode, config=cfg, loss_fn=loss)
+            after = [p.detach() for p in model.parameters() if p.requires_grad]
+            steps[mode] = torch.cat([(a - b).flatten() for a, b in zip(after, before)])
+    assert loss.reduction == "mean"  # the caller's loss is not modified
+    assert steps["hooks"].norm() <= 0.05 * (1 + 1e-4)  # mean of 12 clipped grads, lr 1
+    assert torch.allclose(steps["hooks"], steps["ghost"], atol=1e-6, rtol=1e-4)
