@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from statistics import median
 
 import torch
@@ -115,16 +116,14 @@ def main() -> None:
             runs: dict[str, list[tuple[float, float]]] = {"non_private": [], **{m: [] for m in MODES}}
             errors: dict[str, str] = {}
             for _ in range(reps):
-                runs["non_private"].append(
-                    peak_rss_growth(lambda kind=kind: non_private(build(args.model, kind, in_chans), data, batch, steps))
-                )
+                model = build(args.model, kind, in_chans)
+                runs["non_private"].append(peak_rss_growth(partial(non_private, model, data, batch, steps)))
                 for mode in MODES:
                     if mode in errors:
                         continue
                     try:
-                        runs[mode].append(peak_rss_growth(
-                            lambda mode=mode, kind=kind: private(build(args.model, kind, in_chans), data, batch, steps, mode, ledger)
-                        ))
+                        model = build(args.model, kind, in_chans)
+                        runs[mode].append(peak_rss_growth(partial(private, model, data, batch, steps, mode, ledger)))
                     except Exception as err:  # a mode Opacus cannot run for this layer type is a result too
                         errors[mode] = f"{type(err).__name__}: {err}"[:200]
             base = runs["non_private"]

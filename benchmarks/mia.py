@@ -19,6 +19,7 @@ import json
 import math
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,7 +55,7 @@ def load_images(n_pool: int, n_test: int, seed: int) -> tuple[np.ndarray, np.nda
 
 
 @torch.no_grad()
-def features(images: np.ndarray, backbone: nn.Module) -> torch.Tensor:
+def features(images: np.ndarray, backbone: Any) -> torch.Tensor:
     x = torch.as_tensor(images, dtype=torch.float32).unsqueeze(1) / 255.0
     return torch.cat([backbone.forward_features(x[k : k + 512]) for k in range(0, len(x), 512)])
 

@@ -91,7 +91,7 @@ class PerSampleLoss(nn.Module):
         self.reduction = getattr(loss, "reduction", "mean")
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        self.loss.reduction = "none"
+        setattr(self.loss, "reduction", "none")  # noqa: B010 (nn.Module attribute typing)
         per_sample = self.loss(output, target).reshape(len(output), -1).mean(dim=1)
         if self.reduction == "none":
             return per_sample

@@ -79,7 +79,7 @@ def test_per_sample_clip_bound(ledger: PrivacyLedger) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
     model.zero_grad()
     nn.CrossEntropyLoss()(model(data.tensors[0]), data.tensors[1]).backward()
-    grad = torch.cat([p.grad.flatten() for p in params])
+    grad = torch.cat([p.grad.flatten() for p in params if p.grad is not None])
     model.zero_grad(set_to_none=True)
     clip = 0.01
     assert grad.norm() > 10 * clip
@@ -165,7 +165,7 @@ def test_config_errors(ledger: PrivacyLedger) -> None:
 
 def test_unfrozen_backbone_is_refused(ledger: PrivacyLedger) -> None:
     model = _model("film")
-    model.conv1.weight.requires_grad_(True)
+    model.get_parameter("conv1.weight").requires_grad_(True)
     with pytest.raises(ConfigError, match="backbone parameters are trainable"):
         train_dp_sgd(model, _data(), ledger=ledger, run="r", round=1, subject="c", config=DPSGDConfig(noise_multiplier=1.0))
 
