@@ -20,6 +20,7 @@ from fedge.privacy.user_dp import (
     dp_fedavg_aggregate,
     global_l2_norm,
     noise_std,
+    poisson_cohort,
     update_clip_norm,
 )
 
@@ -67,6 +68,7 @@ __all__ = [
     "leave_one_out_audit",
     "lira_scores",
     "noise_std",
+    "poisson_cohort",
     "plan",
     "plot_roc",
     "roc_metrics",

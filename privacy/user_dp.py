@@ -13,8 +13,10 @@ Accounting: one Poisson-subsampled Gaussian step (rate ``q``, noise ``z``) per r
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
 
@@ -23,6 +25,7 @@ from fedge.privacy.accountants import AccountantName, calibrate_noise
 from fedge.privacy.ledger import POPULATION, PrivacyLedger, Spend
 
 Update = Mapping[str, torch.Tensor]
+T = TypeVar("T")
 
 
 def global_l2_norm(update: Update) -> float:
@@ -170,6 +173,19 @@ def dp_fedavg_aggregate(
         next_config = replace(config, clip_norm=new_c)
     spend = ledger.record(run, round, POPULATION, config.noise_multiplier, sample_rate, 1)
     return noised, next_config, spend
+
+
+def poisson_cohort(node_ids: Sequence[T], sample_rate: float, rng: random.Random | None = None) -> list[T]:
+    """Each node joins independently with probability ``sample_rate``: the cohort the accountant assumes.
+
+    A fixed-size ``random.sample`` is a different mechanism; with it the Poisson epsilon is only an
+    approximation. The cohort may be empty or larger than ``sample_rate * len(node_ids)``: that is
+    intended (the average still divides by the expected size).
+    """
+    if not 0 < sample_rate <= 1:
+        raise ConfigError(f"sample_rate must be in (0, 1], got {sample_rate}")
+    draw = (rng or random.SystemRandom()).random
+    return [n for n in node_ids if draw() < sample_rate]
 
 
 def calibrate_user_noise(

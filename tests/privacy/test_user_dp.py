@@ -108,3 +108,19 @@ def test_adaptive_clipping_tracks_quantile_and_keeps_privacy(tmp_path: Path) -> 
     assert update_clip_norm(1.0, [0.5] * m, m, 0.5, 0.2, 0.0) < 1.0  # all unclipped -> shrink
     with pytest.raises(ConfigError):
         split_noise_multiplier(3.0, 1.0)
+
+
+def test_poisson_cohort_is_independent_per_node() -> None:
+    import random
+
+    from fedge.privacy.user_dp import poisson_cohort
+
+    nodes = list(range(1000))
+    sizes = [len(poisson_cohort(nodes, 0.05, random.Random(s))) for s in range(200)]
+    mean = sum(sizes) / len(sizes)
+    var = sum((x - mean) ** 2 for x in sizes) / (len(sizes) - 1)
+    assert mean == pytest.approx(50, abs=2.5)  # binomial(1000, 0.05): mean 50, var 47.5
+    assert var == pytest.approx(47.5, rel=0.35)  # a fixed-size sample would have variance 0
+    assert set(poisson_cohort(nodes, 1.0)) == set(nodes)
+    with pytest.raises(ConfigError):
+        poisson_cohort(nodes, 0.0)
