@@ -19,7 +19,6 @@ _EXPORTS = {
     "merged_from_adapters": "fedge.edge.bundle",
     "export_onnx": "fedge.edge.export",
     "check_parity": "fedge.edge.export",
-    "quantize": "fedge.edge.quantize",
     "quantize_bundle": "fedge.edge.pipeline",
     "convert_bundle": "fedge.edge.pipeline",
     "convert_to_ort": "fedge.edge.mobile",
