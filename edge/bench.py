@@ -29,13 +29,27 @@ def _timings(fn: Callable[[], object], warmup: int, iters: int) -> np.ndarray:
     return out
 
 
-def measure(fn: Callable[[np.ndarray], object], x: np.ndarray, iters: int, batch: int = 32) -> dict[str, float]:
-    """p50/p95 latency (ms) at batch 1 and throughput (images/s, median) at ``batch``."""
+def measure_interleaved(fns: dict[str, Callable[[np.ndarray], object]], x: np.ndarray, iters: int,
+                        batch: int = 32, rounds: int = 10) -> dict[str, dict[str, float]]:
+    """p50/p95 latency (ms) at batch 1 and throughput (images/s, median) at ``batch`` for each runtime.
+
+    The runtimes take turns in ``rounds`` short blocks, so load from other processes on a shared machine
+    falls on all of them alike instead of biasing whichever ran during a busy spell.
+    """
     one, many = x[:1], x[:batch]
-    t1 = _timings(lambda: fn(one), max(5, iters // 10), iters)
-    tb = _timings(lambda: fn(many), 3, max(5, iters // 10))
-    return {"p50_ms": 1e3 * float(np.percentile(t1, 50)), "p95_ms": 1e3 * float(np.percentile(t1, 95)),
-            f"throughput_b{batch}_ips": batch / float(np.median(tb))}
+    t1: dict[str, list[np.ndarray]] = {k: [] for k in fns}
+    tb: dict[str, list[np.ndarray]] = {k: [] for k in fns}
+    per_round, per_round_b = max(1, iters // rounds), max(1, iters // (10 * rounds))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t1[name].append(_timings(lambda f=fn: f(one), 5, per_round))
+            tb[name].append(_timings(lambda f=fn: f(many), 1, per_round_b))
+    out = {}
+    for name in fns:
+        a, b = np.concatenate(t1[name]), np.concatenate(tb[name])
+        out[name] = {"p50_ms": 1e3 * float(np.percentile(a, 50)), "p95_ms": 1e3 * float(np.percentile(a, 95)),
+                     f"throughput_b{batch}_ips": batch / float(np.median(b))}
+    return out
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -58,6 +72,7 @@ def bench_bundle(
     x = np.ascontiguousarray(test[0], dtype=np.float32)
     multilabel = bool(manifest["multilabel"])
     rows: dict[str, dict[str, Any]] = {}
+    fns: dict[str, Callable[[np.ndarray], object]] = {}
     if eager is not None:
         torch.set_num_threads(threads)
         eager = eager.eval()
@@ -67,15 +82,18 @@ def bench_bundle(
             return eager(torch.from_numpy(a))
 
         metric, score = task_score(run_torch(eager, x), test[1], multilabel)
-        rows["pytorch_eager"] = {**measure(run_eager, x, iters), "bytes": model_bytes(eager), metric: score}
+        rows["pytorch_eager"] = {"bytes": model_bytes(eager), metric: score}
+        fns["pytorch_eager"] = run_eager
     in_name = manifest["input"]["name"]
     for name, variant in (("ort_fp32", "fp32"), ("ort_int8", "int8")):
         if variant not in manifest["files"]:
             continue
         sess = ort_session(bundle / manifest["files"][variant]["path"], threads=threads)
         metric, score = task_score(run_onnx(sess, x), test[1], multilabel)
-        rows[name] = {**measure(lambda a, s=sess, n=in_name: s.run(None, {n: a}), x, iters),
-                      "bytes": manifest["files"][variant]["bytes"], metric: score}
+        rows[name] = {"bytes": manifest["files"][variant]["bytes"], metric: score}
+        fns[name] = lambda a, s=sess, n=in_name: s.run(None, {n: a})
+    for name, timing in measure_interleaved(fns, x, iters).items():
+        rows[name] = {**timing, **rows[name]}
     return {"threads": threads, "iters": iters, "test_examples": int(len(x)), "metric": metric, "rows": rows}
 
 

@@ -42,7 +42,7 @@ if [ ! -f "$ROOT/opt/fedge-site/.ort-$ORT_VERSION-np-$NP_VERSION" ]; then
   rm -rf "$ROOT/opt/fedge-site"
   "$PY" -m pip install -q --target "$ROOT/opt/fedge-site" --python-version 3.11 --implementation cp \
     --platform manylinux_2_28_aarch64 --platform manylinux_2_17_aarch64 --platform manylinux2014_aarch64 \
-    --only-binary=:all: "onnxruntime==$ORT_VERSION" "numpy==$NP_VERSION" 2>&1 | grep -v "dependency conflicts\|requires\|^$" >&2 || true
+    --only-binary=:all: "onnxruntime==$ORT_VERSION" "numpy==$NP_VERSION" 2>&1 | grep -v "dependency conflicts\|requires\|Location\|^$" >&2 || true
   touch "$ROOT/opt/fedge-site/.ort-$ORT_VERSION-np-$NP_VERSION"
 fi
 
