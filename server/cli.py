@@ -123,24 +123,25 @@ def print_round(m: dict[str, Any], rounds: int) -> None:
 
 def follow(link: SuperLink, run_id: int, store: RunStore, cfg: FederationConfig, poll_s: float = 2.0) -> str:
     """Print new metrics lines until the run ends; returns the final Flower run status."""
-    printed = {m["round"] for m in store.read_metrics() if "round" in m and not m.get("event")}
-    last_status_check = 0.0
+    lines = store.read_metrics()
+    printed = {m["round"] for m in lines if "round" in m and not m.get("event")}
+    finished_before = sum(1 for m in lines if m.get("event") == "finished")
+    last_status_check = time.monotonic()
     while True:
-        for m in store.read_metrics():
-            if m.get("event") == "finished" and m.get("round") == cfg.rounds and printed >= set(range(1, cfg.rounds + 1)):
-                return "finished:completed"
+        lines = store.read_metrics()
+        for m in lines:
             if "round" in m and not m.get("event") and m["round"] not in printed and m["round"] > 0:
                 printed.add(m["round"])
                 print_round(m, cfg.rounds)
+        if sum(1 for m in lines if m.get("event") == "finished") > finished_before:
+            return "finished:completed"
         if link.proc is not None and link.proc.poll() is not None:
             raise FedgeError(f"the SuperLink exited (code {link.proc.returncode}); see {store.dir}/superlink.log")
         if time.monotonic() - last_status_check > 30:  # `flwr list` is a whole CLI process: not too often
             last_status_check = time.monotonic()
             status = link.run_status(run_id)
-            if status.startswith("finished"):
-                time.sleep(poll_s)  # let the last metrics line land
-                if status != "finished:completed" or not any(m.get("event") == "finished" for m in store.read_metrics()):
-                    return status
+            if status.startswith("finished") and status != "finished:completed":
+                return status
         time.sleep(poll_s)
 
 
@@ -176,7 +177,9 @@ def serve(args: argparse.Namespace) -> int:
             print(link.logs(run_id)[-4000:], file=sys.stderr)
             raise FedgeError(f"run {run_id} ended as {status}; see {store.dir}/superlink.log")
         summary = [m for m in store.read_metrics() if m.get("event") == "finished"][-1]
-        print(f"done: {cfg.rounds} rounds, user-level epsilon {_fmt(summary.get('user_eps'))}, "
+        if summary.get("stopped"):
+            print(f"stopped early: {summary['stopped']}", flush=True)
+        print(f"done: {summary['round']} rounds, user-level epsilon {_fmt(summary.get('user_eps'))}, "
               f"adapters in {store.final_path()}", flush=True)
         (store.dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     finally:

@@ -31,6 +31,7 @@ class ServerEvaluator:
     def _ensure(self) -> None:
         if self._model is None:
             self._model = adapted_model(self.pretrain, self.specs, seed=self.cfg.seed)
+        if self._data is None and self.cfg.eval_users > 0:
             ds = FlairStyleDataset(num_users=self.cfg.num_users, seed=self.cfg.data_seed)
             self._data = ds.pooled("val", self.cfg.eval_users)
 

@@ -81,17 +81,25 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
         state = evaluator.initial_state()
         base = evaluator.evaluate(state)
         store.save_adapters(0, state)
-        ckpt = Checkpoint(0, {"round": 0, **{f"server_{k}": v for k, v in base.items()}})
+        ckpt = Checkpoint(0, {"round": 0, "time": time.time(), **{f"server_{k}": v for k, v in base.items()}})
         store.commit(ckpt)
+        store.reconcile_metrics(None)  # a fresh run: start the metrics file empty
+        store.append_metrics(ckpt.metrics)  # the zero-adaptation baseline
     else:
         ckpt, state = loaded
         store.append_metrics({"event": "resume", "from_round": ckpt.round, "time": time.time()})
     store.reconcile_metrics(ckpt)
     rng = random.Random(cfg.seed * 7919 + ckpt.round)
     full_bytes = evaluator.full_model_bytes()
+    stopped = ""
     for r in range(ckpt.round + 1, cfg.rounds + 1):
         if cfg.user_dp:
-            dp.check_round(ledger, r, cfg.user_noise_multiplier, strategy.user_sample_rate())
+            try:
+                dp.check_round(ledger, r, cfg.user_noise_multiplier, strategy.user_sample_rate())
+            except PrivacyBudgetExceeded as err:
+                log.warning("stopping before round %d: %s", r, err)
+                stopped = str(err)
+                break
         t_round = time.perf_counter()
         valid: list[ClientUpdate] = []
         rejected: list[Rejection] = []
@@ -156,7 +164,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
         if progress is not None:
             progress(metrics)
     state.save(store.final_path())
-    store.append_metrics({"event": "finished", "round": cfg.rounds, "time": time.time(),
+    store.append_metrics({"event": "finished", "round": ckpt.round, "time": time.time(), "stopped": stopped,
                           "user_eps": dp.user_epsilon(ledger) if cfg.user_dp else math.inf})
     ledger.close()
     return state

@@ -108,7 +108,7 @@ def test_bad_update_is_rejected_and_round_completes(fedge_home: Path, tmp_path: 
     old = grid.globals[0]
     for k in old:
         torch.testing.assert_close(final[k], old[k] + expected[k], rtol=0, atol=1e-6)
-    m = [r for r in store.read_metrics() if r.get("round") == 1][0]
+    m = [r for r in store.read_metrics() if r.get("round") == 1 and not r.get("event")][0]
     assert m["rejected"] == [{"node": 101, "reason": "non_finite"}] and m["clients"] == 2
 
 
@@ -128,7 +128,7 @@ def test_user_dp_records_one_spend_per_round_and_resume_is_consistent(fedge_home
         eps = ledger.epsilon("federation", "population")
     assert rounds == [1, 2]
     lines = [r for r in store.read_metrics() if "round" in r and not r.get("event")]
-    assert [r["round"] for r in lines] == [1, 2]
+    assert [r["round"] for r in lines] == [0, 1, 2]  # baseline, then each round once
     assert lines[-1]["user_eps"] == pytest.approx(eps)
     assert 0 < eps < float("inf")
 
@@ -147,3 +147,19 @@ def test_client_dp_sgd_reports_epsilon_from_device_ledger(fedge_home: Path, tmp_
     assert set(delta) == set(state) and all(torch.isfinite(v).all() for v in delta.values())
     with PrivacyLedger(tmp_path / "device" / "privacy-ledger.sqlite") as ledger:
         assert ledger.epsilon("federation", "device") == pytest.approx(metrics["eps-spent"])
+
+
+def test_user_budget_stops_the_run_before_it_is_exceeded(fedge_home: Path, tmp_path: Path) -> None:
+    grid = FakeGrid(_users(2))
+    kw = dict(user_dp=True, user_noise_multiplier=1.0, user_clip=0.5, population_size=20, cohort_size=2,
+              federated_eval=False, eval_users=0)
+    first = RunStore(tmp_path / "one")
+    run_federation(grid, _cfg(**kw), first)  # type: ignore[arg-type]
+    eps1 = [m for m in first.read_metrics() if m.get("round") == 1 and not m.get("event")][0]["user_eps"]
+    store = RunStore(tmp_path / "capped")
+    run_federation(grid, _cfg(rounds=3, epsilon_budget=eps1 * 1.01, **kw), store)  # type: ignore[arg-type]
+    finished = [m for m in store.read_metrics() if m.get("event") == "finished"][-1]
+    assert finished["round"] == 1 and "budget" in finished["stopped"]
+    with PrivacyLedger(store.ledger_path) as ledger:
+        assert [s.round for s in ledger.spends("federation")] == [1]
+        assert ledger.epsilon("federation", "population") <= eps1 * 1.01
