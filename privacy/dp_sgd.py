@@ -2,11 +2,13 @@
 
 Poisson sampling at rate ``q = 1 / ceil(N / batch_size)`` (the rate Opacus itself derives and accounts
 for), flat per-sample clipping of the trainable (adapter) gradients to ``max_grad_norm``, Gaussian noise
-``sigma * max_grad_norm`` on their sum. The budget is checked in the ledger *before* any training and the
-spend is recorded after it. Opacus pitfalls guarded here: frozen parameters never reach the optimizer;
-the model is moved to its device before hooks are attached; each call wraps the model afresh and removes
-every hook and ``grad_sample`` attribute on the way out (also on errors), so federated rounds that call
-this repeatedly never stack hooks.
+``sigma * max_grad_norm`` on their sum. The budget is checked and the planned spend is recorded in the
+ledger *before* any training (write-ahead); empty Poisson batches still take a noised step.
+
+Opacus pitfalls guarded here: frozen parameters never reach the optimizer (and a trainable backbone
+parameter is refused); the model is moved to its device before hooks are attached; each call wraps the
+model afresh and removes every hook and ``grad_sample`` attribute on the way out (also on errors), so
+federated rounds that call this repeatedly never stack hooks.
 """
 
 from __future__ import annotations
@@ -142,6 +144,16 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+def _empty_batch(params: list[nn.Parameter], mode: str) -> None:
+    """A Poisson draw can be empty; the step must still add noise (the accountant counts it), so
+    hand Opacus zero gradients instead of skipping the step."""
+    for p in params:
+        if mode == "ghost":
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+
+
 def plan(dataset_size: int, config: DPSGDConfig, delta: float, accountant: str) -> tuple[float, int, float]:
     """(sample_rate, steps, noise_multiplier) that training will use; pure, so callers can preview."""
     if dataset_size < 1:
@@ -173,7 +185,8 @@ def train_dp_sgd(
     """Train the trainable (adapter) parameters of ``model`` in place with DP-SGD; returns the spend.
 
     ``subject`` is whose data this is (a client id). Raises :class:`PrivacyBudgetExceeded` before
-    touching the model if the planned steps would exceed the run's budget.
+    touching the model if the planned steps would exceed the run's budget. The planned steps are
+    recorded in the ledger before training starts (if training then fails, they stay recorded).
     """
     model = unwrap(model)
     budget = ledger.budget(run)
@@ -183,8 +196,13 @@ def train_dp_sgd(
     trainable = _check_trainable(model)
     sample_rate, steps, sigma = plan(len(dataset), config, budget.delta, budget.accountant)  # type: ignore[arg-type]
     ledger.check(run, subject, sigma, sample_rate, steps)
-
     mode = choose_mode(model) if config.grad_sample_mode == "auto" else config.grad_sample_mode
+    if mode not in MODES:
+        raise ConfigError(f"grad_sample_mode must be one of {MODES}, got {mode!r}")
+    # Write-ahead: the spend is durable before any private data is touched, so a crash mid-training
+    # (or after it, before the update is used) can never leave steps unaccounted.
+    spend = ledger.record(run, round, subject, sigma, sample_rate, steps)
+
     model.to(device)  # before Opacus attaches hooks: moving a wrapped model breaks them
     model.train()
     criterion = PerSampleLoss(loss_fn if loss_fn is not None else nn.CrossEntropyLoss())
@@ -218,10 +236,12 @@ def train_dp_sgd(
                 for x, y in mem_loader:
                     x, y = x.to(device), y.to(device)
                     dp_opt.zero_grad(set_to_none=True)
-                    loss = dp_crit(dp_model(x), y) if len(x) else None
-                    if loss is not None:
+                    if len(x):
+                        loss = dp_crit(dp_model(x), y)
                         loss.backward()
                         losses.append(float(loss.detach()))
+                    else:
+                        _empty_batch(trainable, mode)
                     dp_opt.step()
                     if not dp_opt._is_last_step_skipped:
                         done += 1
@@ -233,7 +253,8 @@ def train_dp_sgd(
     finally:
         unwrap(dp_model)
     taken = sum(s for _, _, s in engine.accountant.history)
-    spend = ledger.record(run, round, subject, sigma, sample_rate, taken)
+    if taken != steps or {(z, q) for z, q, _ in engine.accountant.history} != {(sigma, sample_rate)}:
+        raise RuntimeError(f"Opacus accounted {engine.accountant.history}, fedge recorded {(sigma, sample_rate, steps)}")
     return DPSGDResult(spend, sigma, sample_rate, taken, mode, sum(losses) / max(1, len(losses)))
 
 

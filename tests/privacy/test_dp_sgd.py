@@ -203,3 +203,37 @@ def test_modes_agree_on_clipped_update_multilabel(kind: str, tmp_path: Path) -> 
     assert loss.reduction == "mean"  # the caller's loss is not modified
     assert steps["hooks"].norm() <= 0.05 * (1 + 1e-4)  # mean of 12 clipped grads, lr 1
     assert torch.allclose(steps["hooks"], steps["ghost"], atol=1e-6, rtol=1e-4)
+
+
+def test_empty_poisson_batches_still_take_noised_steps(tmp_path: Path) -> None:
+    """N=3, q=1/3: about 30% of draws are empty; every step must still move the parameters (noise)."""
+    data = TensorDataset(torch.randn(3, 5), torch.randint(0, 3, (3,)))
+    with PrivacyLedger(tmp_path / "l.db") as ledger:
+        ledger.open_run("r", epsilon=1e9, delta=1e-5)
+        for mode in ("hooks", "ghost"):
+            torch.manual_seed(0)
+            model = nn.Linear(5, 3)
+            snaps = [model.weight.detach().clone()]
+            cfg = DPSGDConfig(batch_size=1, steps=30, lr=0.1, noise_multiplier=1.0, grad_sample_mode=mode)
+            r = train_dp_sgd(model, data, ledger=ledger, run="r", round=1, subject=mode, config=cfg, seed=0,
+                             on_step=lambda i, loss, s=snaps, m=model: s.append(m.weight.detach().clone()))
+            assert r.steps == 30 and r.sample_rate == pytest.approx(1 / 3)
+            assert all(not torch.equal(a, b) for a, b in zip(snaps, snaps[1:]))
+
+
+def test_spend_is_written_ahead_of_training(tmp_path: Path) -> None:
+    """If training fails midway, the planned spend is already durable (conservative accounting)."""
+    calls = []
+
+    def boom(step: int, loss: float) -> None:
+        calls.append(step)
+        raise RuntimeError("device lost")
+
+    with PrivacyLedger(tmp_path / "l.db") as ledger:
+        ledger.open_run("r", epsilon=20.0, delta=1e-5)
+        with pytest.raises(RuntimeError, match="device lost"):
+            train_dp_sgd(_model("head"), _data(), ledger=ledger, run="r", round=4, subject="c", on_step=boom,
+                         config=DPSGDConfig(batch_size=8, steps=5, noise_multiplier=1.0))
+        assert calls == [1]
+        (spend,) = ledger.spends("r")
+        assert (spend.round, spend.steps) == (4, 5)
