@@ -101,7 +101,8 @@ def adapter_utility(kinds: list[str], eps_list: list[float], n_train: int, epoch
                 private = not math.isinf(eps)
                 cfg = DPSGDConfig(batch_size=100, epochs=epochs, lr=1.0 if private else 0.2,
                                   max_grad_norm=1.0 if private else 1e6,
-                                  **({"target_epsilon": eps} if private else {"noise_multiplier": 0.0}))
+                                  target_epsilon=eps if private else None,
+                                  noise_multiplier=None if private else 0.0)
                 train_dp_sgd(model, train, ledger=ledger, run=f"u{eps}", round=0, subject=kind, config=cfg, seed=0)
                 with torch.no_grad():
                     model.eval()

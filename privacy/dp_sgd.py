@@ -151,7 +151,7 @@ def _empty_batch(params: list[nn.Parameter], mode: str) -> None:
         if mode == "ghost":
             p.grad = torch.zeros_like(p)
         else:
-            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)  # type: ignore[attr-defined]
 
 
 def plan(dataset_size: int, config: DPSGDConfig, delta: float, accountant: str) -> tuple[float, int, float]:

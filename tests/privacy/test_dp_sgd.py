@@ -214,9 +214,13 @@ def test_empty_poisson_batches_still_take_noised_steps(tmp_path: Path) -> None:
             torch.manual_seed(0)
             model = nn.Linear(5, 3)
             snaps = [model.weight.detach().clone()]
+
+            def snap(i: int, loss: float, s: list[torch.Tensor] = snaps, m: nn.Linear = model) -> None:
+                s.append(m.weight.detach().clone())
+
             cfg = DPSGDConfig(batch_size=1, steps=30, lr=0.1, noise_multiplier=1.0, grad_sample_mode=mode)
             r = train_dp_sgd(model, data, ledger=ledger, run="r", round=1, subject=mode, config=cfg, seed=0,
-                             on_step=lambda i, loss, s=snaps, m=model: s.append(m.weight.detach().clone()))
+                             on_step=snap)
             assert r.steps == 30 and r.sample_rate == pytest.approx(1 / 3)
             assert all(not torch.equal(a, b) for a, b in zip(snaps, snaps[1:]))
 
