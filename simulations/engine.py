@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+from uuid import uuid4
 
 from flwr.app import Context, Message, RecordDict
 
@@ -104,19 +105,32 @@ class InProcessGrid:
 
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
         self.spec, self.num_nodes = spec, num_nodes
+        self._pending: dict[str, Message] = {}
 
     def get_node_ids(self) -> list[int]:
         return [NODE_BASE + i for i in range(self.num_nodes)]
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+    def _answer(self, msg: Message) -> Message:
         from fedge.simulations.client_app import handle_evaluate, handle_train
 
-        out = []
-        for msg in messages:
-            pid = int(msg.metadata.dst_node_id) - NODE_BASE
-            handler = handle_train if msg.metadata.message_type == "train" else handle_evaluate
-            out.append(handler(msg, self.spec, pid))
-        return out
+        pid = int(msg.metadata.dst_node_id) - NODE_BASE
+        handler = handle_train if msg.metadata.message_type == "train" else handle_evaluate
+        return handler(msg, self.spec, pid)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        """Answer every message now; the replies wait for :meth:`pull_messages`."""
+        replies = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = str(uuid4())  # what Flower's InMemoryGrid does on push
+            replies.append(self._answer(m))
+        self._pending.update({r.metadata.reply_to_message_id: r for r in replies})
+        return [r.metadata.reply_to_message_id for r in replies]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._pending.pop(i) for i in list(message_ids) if i in self._pending]
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        return [self._answer(m) for m in messages]
 
 
 def run_inprocess(run_config: dict[str, Any], spec: DataSpec, num_nodes: int) -> None:

@@ -1,0 +1,195 @@
+"""Simulation speed at scale: 10,000 FLAIR-style training users, cohorts of 100, vs a pure-compute floor.
+
+Three ways to do the same client updates (same users per round, same seeds), measured in one run:
+
+* ``floor``: one Python loop: generate the user's data, ``fedge.client.local.local_update`` -- no messages,
+  no server, no framework (the global state is aggregated with the same strategy between rounds);
+* ``inprocess``: fedge's ServerApp main + round loop + strategy + DP-FedAvg, clients answered in-process;
+* ``ray``: the same on Flower's Simulation Engine (Ray backend, 2 CPUs, one actor per CPU).
+
+Ratios compare the rounds' wall time (``round_s`` from the server's metrics: send, train, validate,
+aggregate, account) with the floor's; one-off start-up (Ray, backbone load) is reported separately.
+Peak memory is the summed RSS of this process and all its descendants (Ray's raylet and workers) while the
+10,000-user population is simulated. Prints one JSON object; the last key is ``headline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+import threading
+import time
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+
+def _tree_rss_mb(root: int) -> float:
+    """Summed RSS (MiB) of ``root`` and its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/statm") as f:
+                rss[int(d)] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(d))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total / 2**20
+
+
+class PeakRSS:
+    """Samples the process tree's RSS every 0.2 s between ``start`` and ``stop``."""
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._th: threading.Thread | None = None
+
+    def __enter__(self) -> PeakRSS:
+        def loop() -> None:
+            while not self._stop.is_set():
+                self.peak = max(self.peak, _tree_rss_mb(os.getpid()))
+                self._stop.wait(0.2)
+
+        self._th = threading.Thread(target=loop, daemon=True)
+        self._th.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._th:
+            self._th.join()
+
+
+def _config(args: argparse.Namespace, backend: str) -> Any:
+    from fedge.simulations.config import load_config
+
+    return load_config("flair-style", {
+        "simulation.backend": backend, "simulation.num_users": args.users, "simulation.test_users": 0,
+        "simulation.user_epsilon": 8.0, "federation.rounds": args.rounds, "federation.cohort_size": args.cohort,
+        "federation.min_clients": 1, "federation.adapter": args.adapter, "federation.eval_users": 1,
+        "federation.eval_every": 0, "federation.local_epochs": 1.0,
+    })
+
+
+def floor(args: argparse.Namespace, population: int) -> dict[str, Any]:
+    """The same rounds as a plain loop: the server's cohorts (same RNG), data generation + local update."""
+    from fedge.client.local import local_update
+    from fedge.server.evaluation import ServerEvaluator
+    from fedge.server.strategy import AdapterDeltaStrategy
+    from fedge.simulations.config import resolve
+    from fedge.simulations.data import load_user, train_user_id
+    from fedge.simulations.engine import NODE_BASE
+    from fedge.simulations.runner import data_spec
+
+    cfg = resolve(_config(args, "inprocess"), population)
+    fed = cfg.federation
+    spec = data_spec(cfg, Path("."))
+    strategy = AdapterDeltaStrategy(fed)
+    state = ServerEvaluator(fed).initial_state()
+    rng = random.Random(fed.seed * 7919)  # what fedge.server.loop seeds a fresh run with
+    nodes = [NODE_BASE + i for i in range(population)]
+    from fedge.server.protocol import ClientUpdate
+
+    per_round = []
+    for r in range(1, fed.rounds + 1):
+        t0 = time.perf_counter()
+        cohort = sorted(rng.sample(nodes, fed.cohort_size))
+        hp = {**strategy.train_hparams(r), "round": r}
+        updates = []
+        for n in cohort:
+            data = load_user(spec, train_user_id(spec, n - NODE_BASE))
+            delta, m = local_update(state, hp, data)
+            updates.append(ClientUpdate(n, delta, state.backbone_hash, int(m["num-examples"]), 0, m))
+        per_round.append(time.perf_counter() - t0)
+        state = strategy.aggregate(state, updates, r, _NullLedger() if fed.user_dp else None).state
+    return {"round_s": per_round, "rounds_s": sum(per_round)}
+
+
+class _NullLedger:
+    """Accepts the floor's DP-FedAvg spends without storing them (the floor measures compute only)."""
+
+    def check(self, *a: object, **k: object) -> float:
+        return 0.0
+
+    def record(self, *a: object, **k: object) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(epsilon_after=math.nan)
+
+
+def simulate(args: argparse.Namespace, backend: str, out: Path) -> dict[str, Any]:
+    from fedge.simulations.runner import run
+
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        s = run(_config(args, backend), out / backend, progress=False)
+    lines = [json.loads(x) for x in (out / backend / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in lines if r.get("round", 0) > 0 and not r.get("event")]
+    return {"round_s": [r["round_s"] for r in rounds], "rounds_s": sum(r["round_s"] for r in rounds),
+            "wall_s": time.perf_counter() - t0, "peak_rss_mb": round(mem.peak, 1),
+            "clients": sum(r["clients"] for r in rounds), "user_epsilon": s["user_epsilon"],
+            "client_compute_mean_s": sum(r["client_compute_mean_s"] for r in rounds) / max(1, len(rounds))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 round, cohort 10 (under a minute on an idle machine)")
+    p.add_argument("--users", type=int, default=12_500, help="FLAIR-style users (80%% train: 10,000)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--cohort", type=int, default=100)
+    p.add_argument("--adapter", default="film")
+    p.add_argument("--backends", default="ray,inprocess")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rounds, args.cohort = 1, 10
+    os.environ.setdefault("FEDGE_NO_PROGRESS", "1")
+    import torch
+
+    torch.set_num_threads(1)  # every backend computes one client per core; the floor is one core's loop
+    from fedge.simulations.data import population_size
+    from fedge.simulations.runner import data_spec
+
+    population = population_size(data_spec(_config(args, "inprocess"), Path(".")))
+    result: dict[str, Any] = {"population_train_users": population, "cohort": args.cohort, "rounds": args.rounds,
+                              "adapter": args.adapter, "cpus": os.cpu_count(),
+                              "load_avg_1min_start": os.getloadavg()[0]}
+    with TemporaryDirectory() as tmp:
+        with PeakRSS() as mem:
+            result["floor"] = floor(args, population)
+        result["floor"]["peak_rss_mb"] = round(mem.peak, 1)
+        for backend in [b for b in args.backends.split(",") if b]:
+            result[backend] = simulate(args, backend, Path(tmp))
+    fl = result["floor"]["rounds_s"]
+    clients = args.rounds * args.cohort
+    result["floor"]["clients_per_s"] = clients / fl
+    for b in ("inprocess", "ray"):
+        if b in result:
+            result[b]["clients_per_s"] = result[b]["clients"] / result[b]["rounds_s"]
+            result[b]["ratio_vs_floor"] = result[b]["rounds_s"] / fl
+    result["load_avg_1min_end"] = os.getloadavg()[0]
+    main_b = "ray" if "ray" in result else "inprocess"
+    ratio = result[main_b]["ratio_vs_floor"]
+    result["headline"] = {"metric": f"{main_b} simulation round wall time / pure-compute floor "
+                                    f"({population} users, cohort {args.cohort})",
+                          "value": round(ratio, 3), "goal": 1.3, "higher_is_better": False, "met": ratio <= 1.3}
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
