@@ -29,6 +29,7 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--min-clients": ("min_clients", int, "valid updates needed to complete a round"),
     "--round-timeout": ("round_timeout_s", float, "seconds to wait for replies in a round"),
     "--wait-for-clients": ("wait_for_clients_s", float, "seconds to wait for min-clients to connect"),
+    "--cohort-grace": ("cohort_grace_s", float, "then seconds to wait for a full cohort to connect"),
     "--adapter": ("adapter", str, "adapter kinds, e.g. film, film+head, lora"),
     "--label-set": ("label_set", str, "fine (10 labels) or coarse (4 labels)"),
     "--local-epochs": ("local_epochs", float, "local epochs per round"),

@@ -25,6 +25,7 @@ class FederationConfig:
     round_timeout_s: float = 120.0
     max_retries: int = 2
     wait_for_clients_s: float = 300.0
+    cohort_grace_s: float = 15.0  # after min_clients connected, wait this long for a full cohort
     seed: int = 0
     # model and adapters
     arch: str = "resnet_gn_small"

@@ -32,17 +32,25 @@ log = logging.getLogger("fedge.server")
 Progress = Callable[[dict[str, Any]], None]
 
 
-def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float) -> list[int]:
-    """Connected node ids once at least ``minimum`` are online (raises after ``timeout_s``)."""
-    deadline = time.monotonic() + timeout_s
+def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, desired: int = 0, grace_s: float = 0.0) -> list[int]:
+    """Connected node ids once at least ``minimum`` are online (raises after ``timeout_s``).
+
+    Once ``minimum`` is reached, waits up to ``grace_s`` more for ``desired`` nodes (a full cohort), so a
+    round does not start with the first two devices when the rest are still connecting.
+    """
+    start = time.monotonic()
+    reached: float | None = None
     while True:
         nodes = sorted(int(n) for n in grid.get_node_ids())
+        now = time.monotonic()
         if len(nodes) >= minimum:
-            return nodes
-        if time.monotonic() > deadline:
+            reached = now if reached is None else reached
+            if len(nodes) >= desired or now - reached >= grace_s:
+                return nodes
+        elif now - start > timeout_s:
             raise FedgeError(f"only {len(nodes)} of the {minimum} required clients connected within "
                              f"{timeout_s:.0f}s; start more fed-client processes or lower --min-clients")
-        time.sleep(1.0)
+        time.sleep(0.5)
 
 
 def _secure_generator() -> torch.Generator:
@@ -50,23 +58,30 @@ def _secure_generator() -> torch.Generator:
 
 
 def send_round(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, timeout_s: float,
-               poll_s: float = 0.25) -> tuple[list[Message], list[int]]:
-    """Send ``content`` to ``nodes``; returns (replies, nodes that did not reply within ``timeout_s``).
+               poll_s: float = 0.25) -> tuple[list[tuple[int, Message]], list[int]]:
+    """Send ``content`` to ``nodes``; returns ((node, reply) pairs, nodes without a reply by ``timeout_s``).
 
-    Uses the Grid's push/pull API with a short poll interval (``Grid.send_and_receive`` sleeps 3 s
-    between pulls, which would dominate short rounds).
+    Replies are matched to nodes by message id (an error reply the SuperLink makes for a vanished node
+    carries the SuperLink as sender). Uses the Grid's push/pull API with a short poll interval
+    (``Grid.send_and_receive`` sleeps 3 s between pulls, which would dominate short rounds).
     """
     msgs = [Message(content=content, dst_node_id=n, message_type=message_type) for n in nodes]
-    pending = set(grid.push_messages(msgs))
-    replies: list[Message] = []
+    for m in msgs:  # the id Flower's own Grid assigns on push; set here so in-process grids agree
+        m.metadata.__dict__["_message_id"] = m.object_id
+    to_node = {m.metadata.message_id: n for m, n in zip(msgs, nodes)}
+    ids = list(grid.push_messages(msgs))
+    pending = set(ids)
+    replies: list[tuple[int, Message]] = []
     deadline = time.monotonic() + timeout_s
     while pending and time.monotonic() < deadline:
-        got = list(grid.pull_messages(list(pending)))
-        replies += got
-        pending -= {m.metadata.reply_to_message_id for m in got}
+        for m in grid.pull_messages(list(pending)):
+            rid = m.metadata.reply_to_message_id
+            if rid in pending:
+                pending.discard(rid)
+                replies.append((to_node.get(rid, int(m.metadata.src_node_id)), m))
         if pending:
             time.sleep(poll_s)
-    answered = {int(r.metadata.src_node_id) for r in replies}
+    answered = {n for n, _ in replies}
     return replies, [n for n in nodes if n not in answered]
 
 
@@ -108,16 +123,17 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
         attempts = 0
         for attempts in range(1, cfg.max_retries + 2):  # noqa: B007
             done = {u.node_id for u in valid}
-            nodes = [n for n in wait_for_nodes(grid, cfg.min_clients, cfg.wait_for_clients_s) if n not in done]
+            nodes = [n for n in wait_for_nodes(grid, cfg.min_clients, cfg.wait_for_clients_s, cfg.cohort_size,
+                                               cfg.cohort_grace_s) if n not in done]
             cohort = sorted(rng.sample(nodes, min(cfg.cohort_size - len(valid), len(nodes))))
             replies, silent = send_round(grid, cohort, content, "train", cfg.round_timeout_s)
             parsed: list[ClientUpdate | Rejection] = [Rejection(n, "timeout", f"node {n} did not reply in "
                                                                f"{cfg.round_timeout_s:.0f}s") for n in silent]
-            for msg in replies:
+            for node, msg in replies:
                 try:
-                    parsed.append(decode_update(msg))
+                    parsed.append(decode_update(msg, node))
                 except ValidationError as err:
-                    parsed.append(Rejection(int(msg.metadata.src_node_id), err.reason, str(err)))
+                    parsed.append(Rejection(node, err.reason, str(err)))
             ok, bad = strategy.screen(parsed, state)
             valid += ok
             rejected += bad
@@ -138,7 +154,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
             fed_nodes = [u.node_id for u in valid]
             eval_replies, _ = send_round(grid, fed_nodes, encode_global(result.state, r, strategy.train_hparams(r)),
                                          "evaluate", cfg.round_timeout_s)
-            metrics.update({f"fed_{k}": v for k, v in aggregate_client_metrics(eval_replies).items()})
+            metrics.update({f"fed_{k}": v for k, v in aggregate_client_metrics(m for _, m in eval_replies).items()})
         t_end = time.perf_counter()
         compute = [u.metrics.get("compute-s", 0.0) for u in valid]
         metrics.update({

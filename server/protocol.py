@@ -63,9 +63,9 @@ class ClientUpdate:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def decode_update(msg: Message) -> ClientUpdate:
-    """Parse a ``train`` reply; raises :class:`ValidationError` (``malformed``) if records are missing."""
-    node = int(msg.metadata.src_node_id)
+def decode_update(msg: Message, node: int | None = None) -> ClientUpdate:
+    """Parse a ``train`` reply (from ``node``, default: its sender); :class:`ValidationError` if unreadable."""
+    node = int(msg.metadata.src_node_id) if node is None else node
     if msg.has_error():
         raise ValidationError("client_error", f"node {node} replied with error: {msg.error.reason}")
     content = msg.content
