@@ -241,3 +241,24 @@ def test_spend_is_written_ahead_of_training(tmp_path: Path) -> None:
         assert calls == [1]
         (spend,) = ledger.spends("r")
         assert (spend.round, spend.steps) == (4, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,size", [("vit_tiny", 16), ("resnet18_gn", 32)])
+@pytest.mark.parametrize("kind", ["film", "lora", "head"])
+def test_every_zoo_backbone(arch: str, size: int, kind: str, ledger: PrivacyLedger) -> None:
+    torch.manual_seed(0)
+    kwargs = {"img_size": size} if arch == "vit_tiny" else {}
+    model = create_model(arch, num_classes=10, in_chans=1, **kwargs)
+    inject(model, [AdapterSpec(kind="head", num_classes=10)] if kind == "head" else [AdapterSpec(kind=kind)])
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    adapters = set(adapter_names(model))
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(8, 1, size, size, generator=g), torch.randint(0, 10, (8,), generator=g))
+    r = train_dp_sgd(model, data, ledger=ledger, run="r", round=1, subject=f"{arch}-{kind}", seed=0,
+                     config=DPSGDConfig(batch_size=4, steps=2, lr=0.5, noise_multiplier=1.0))
+    after = model.state_dict()
+    assert r.steps == 2
+    assert any(not torch.equal(before[k], after[k]) for k in adapters)
+    assert all(torch.equal(before[k], after[k]) for k in set(before) - adapters)
+    assert _hook_count(model) == 0
