@@ -100,10 +100,13 @@ def main() -> None:
     parser.add_argument("--model", default="resnet_gn_small")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kinds", default="film,lora,head")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10; 3 with --quick)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     size, batch, steps, n, reps = (16, 16, 3, 128, 1) if args.quick else (28, 64, 10, 1024, 3)
+    steps, reps = args.steps or steps, args.reps or reps
     in_chans = 1 if args.model.startswith("resnet") else 3
     if not args.model.startswith("resnet"):
         size = 32
