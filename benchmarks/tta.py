@@ -47,7 +47,7 @@ def edge_bundle(edge: torch.nn.Module) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 corruptions, short streams: under a minute")
-    parser.add_argument("--severity", type=int, default=5)
+    parser.add_argument("--severity", type=int, default=3)
     parser.add_argument("--n", type=int, default=None, help="samples per corruption (default 1000, quick 300)")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args(argv)

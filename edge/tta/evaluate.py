@@ -27,7 +27,7 @@ from fedge.edge.tta.tent import Tent
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Batch size and the methods' hyperparameters (fixed across streams; none tuned on test corruptions)."""
+    """Batch size and the methods' hyperparameters (the same for every stream and severity)."""
 
     batch_size: int = 50
     tent_lr: float = 1e-3

@@ -74,13 +74,18 @@ class TaskModelConfig:
     lr: float = 3e-3
     batch_size: int = 128
     seed: int = 0
+    init_from: TaskModelConfig | None = None  # continue training from this (cached) model
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        if self.init_from is None:
+            del fields["init_from"]  # keeps the keys of from-scratch recipes stable
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
 EDGE_DEFAULT = TaskModelConfig("tiny_cnn", num_train=30_000, epochs=2.0)
-FOUNDATION_DEFAULT = TaskModelConfig("wide_cnn", num_train=60_000, epochs=1.0)
+FOUNDATION_DEFAULT = TaskModelConfig("wide_cnn", num_train=60_000, epochs=1.0, lr=1e-3, seed=1,
+                                     init_from=TaskModelConfig("wide_cnn", num_train=60_000, epochs=1.0))
 
 
 def to_input(images: np.ndarray) -> np.ndarray:
@@ -132,6 +137,8 @@ def load_or_train(cfg: TaskModelConfig, cache_dir: str | Path | None = None) -> 
         return model.eval()
     from fedge.data.fashion_mnist import load_fashion_mnist
 
+    if cfg.init_from is not None:
+        model.load_state_dict(load_or_train(cfg.init_from, cache).state_dict())
     images, labels = load_fashion_mnist("train")
     if cfg.num_train > len(images):
         raise ConfigError(f"num_train={cfg.num_train} exceeds the {len(images)} Fashion-MNIST train images")
@@ -140,7 +147,7 @@ def load_or_train(cfg: TaskModelConfig, cache_dir: str | Path | None = None) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"config": json.dumps(asdict(cfg)), "loss": f"{stats['loss']:.4f}"})
+              metadata={"config": json.dumps(asdict(cfg), default=str), "loss": f"{stats['loss']:.4f}"})
     tmp.replace(path)
     log.info("trained %s in %.0fs (loss %.3f) -> %s", cfg.arch, stats["seconds"], stats["loss"], path)
     return model.eval()
