@@ -110,7 +110,7 @@ class RunStore:
         last = ckpt.round if ckpt else 0
         kept = [r for r in self.read_metrics() if "round" not in r or r.get("event") or r["round"] <= last]
         rounds = {r["round"] for r in kept if "round" in r and not r.get("event")}
-        if ckpt and ckpt.round not in rounds and ckpt.metrics:
+        if ckpt and ckpt.round > 0 and ckpt.round not in rounds and ckpt.metrics:
             kept.append(ckpt.metrics)
         tmp = self.metrics_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))

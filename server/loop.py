@@ -96,7 +96,8 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
         state = evaluator.initial_state()
         base = evaluator.evaluate(state)
         store.save_adapters(0, state)
-        ckpt = Checkpoint(0, {"round": 0, "time": time.time(), **{f"server_{k}": v for k, v in base.items()}})
+        ckpt = Checkpoint(0, {"event": "baseline", "round": 0, "time": time.time(),
+                              **{f"server_{k}": v for k, v in base.items()}})
         store.commit(ckpt)
         store.reconcile_metrics(None)  # a fresh run: start the metrics file empty
         store.append_metrics(ckpt.metrics)  # the zero-adaptation baseline
