@@ -90,6 +90,7 @@ def wait_until(cond, timeout_s: float, what: str, procs: list[subprocess.Popen] 
         time.sleep(1.0)
 
 
+@pytest.mark.timeout(3000)
 def test_fed_server_three_clients_tls_auth_dp_kill_and_resume(fedge_home: Path, tmp_path: Path) -> None:
     env = {**os.environ, "FEDGE_HOME": str(fedge_home), "PYTHONUNBUFFERED": "1"}
     run = lambda *a: subprocess.run([PY, *a], env=env, check=True, capture_output=True, text=True)  # noqa: E731
