@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
 import sys
@@ -86,9 +85,13 @@ def _config(args: argparse.Namespace, backend: str) -> Any:
     })
 
 
-def floor(args: argparse.Namespace, population: int) -> dict[str, Any]:
-    """The same rounds as a plain loop: the server's cohorts (same RNG), data generation + local update."""
+def floor(args: argparse.Namespace, population: int, tmp: Path) -> dict[str, Any]:
+    """The same rounds as a plain loop: the server's cohorts (same RNG), data generation + local update.
+
+    Only the client work is timed; the global state is then aggregated with the same strategy.
+    """
     from fedge.client.local import local_update
+    from fedge.server import dp
     from fedge.server.evaluation import ServerEvaluator
     from fedge.server.strategy import AdapterDeltaStrategy
     from fedge.simulations.config import resolve
@@ -105,6 +108,7 @@ def floor(args: argparse.Namespace, population: int) -> dict[str, Any]:
     nodes = [NODE_BASE + i for i in range(population)]
     from fedge.server.protocol import ClientUpdate
 
+    ledger = dp.open_ledger(tmp / "floor-ledger.sqlite", 0.0, fed.user_delta)
     per_round = []
     for r in range(1, fed.rounds + 1):
         t0 = time.perf_counter()
@@ -116,20 +120,9 @@ def floor(args: argparse.Namespace, population: int) -> dict[str, Any]:
             delta, m = local_update(state, hp, data)
             updates.append(ClientUpdate(n, delta, state.backbone_hash, int(m["num-examples"]), 0, m))
         per_round.append(time.perf_counter() - t0)
-        state = strategy.aggregate(state, updates, r, _NullLedger() if fed.user_dp else None).state
+        state = strategy.aggregate(state, updates, r, ledger).state
+    ledger.close()
     return {"round_s": per_round, "rounds_s": sum(per_round)}
-
-
-class _NullLedger:
-    """Accepts the floor's DP-FedAvg spends without storing them (the floor measures compute only)."""
-
-    def check(self, *a: object, **k: object) -> float:
-        return 0.0
-
-    def record(self, *a: object, **k: object) -> Any:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(epsilon_after=math.nan)
 
 
 def simulate(args: argparse.Namespace, backend: str, out: Path) -> dict[str, Any]:
@@ -170,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                               "load_avg_1min_start": os.getloadavg()[0]}
     with TemporaryDirectory() as tmp:
         with PeakRSS() as mem:
-            result["floor"] = floor(args, population)
+            result["floor"] = floor(args, population, Path(tmp))
         result["floor"]["peak_rss_mb"] = round(mem.peak, 1)
         for backend in [b for b in args.backends.split(",") if b]:
             result[backend] = simulate(args, backend, Path(tmp))

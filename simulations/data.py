@@ -40,6 +40,7 @@ class DataSpec:
     flair_path: str = ""
     image_size: int = 32
     channels: int = 1
+    label_set: str = "fine"  # the label set the federation trains on (FLAIR: must fit the model's outputs)
     run_dir: str = ""
 
     def to_json(self) -> str:
@@ -62,12 +63,12 @@ def open_dataset(spec_json: str) -> FederatedDataset:
         from fedge.data.flair_hdf5 import FlairHDF5Dataset
 
         ds = FlairHDF5Dataset(spec.flair_path, image_size=spec.image_size)
-        for label_set, names in ds.label_names.items():
-            if len(names) > OUTPUTS[label_set]:
-                raise DataError(
-                    f"{spec.flair_path} has {len(names)} {label_set} labels but the federation's model has "
-                    f"{OUTPUTS[label_set]} outputs; the real FLAIR file needs FederationConfig.num_classes from "
-                    f"the dataset (see docs/simulation.md, 'Hooks the apps need')")
+        names = ds.label_names[spec.label_set]
+        if len(names) > OUTPUTS[spec.label_set]:
+            raise DataError(
+                f"{spec.flair_path} has {len(names)} {spec.label_set} labels but the federation's model has "
+                f"{OUTPUTS[spec.label_set]} outputs; the real FLAIR file needs FederationConfig.num_classes from "
+                f"the dataset (see docs/simulation.md, 'Hooks the apps need')")
         return ds
     raise DataError(f"unknown dataset {spec.dataset!r}; use 'flair-style' or 'flair'")
 
@@ -94,6 +95,8 @@ def to_model_inputs(data: UserData, spec: DataSpec) -> UserData:
         images = images.mean(axis=1, keepdims=True).astype(np.float32)
     labels = {}
     for name, y in data.labels.items():
+        if y.shape[1] > OUTPUTS[name]:
+            continue  # a label set this federation does not train on and the model cannot hold
         out = np.zeros((len(y), OUTPUTS[name]), np.float32)
         out[:, : y.shape[1]] = y
         labels[name] = out

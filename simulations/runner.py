@@ -33,7 +33,7 @@ log = logging.getLogger("fedge.simulations")
 
 def data_spec(cfg: SimConfig, run_dir: Path) -> DataSpec:
     return DataSpec(dataset=cfg.dataset, num_users=cfg.num_users, seed=cfg.data_seed, flair_path=cfg.flair_path,
-                    run_dir=str(run_dir.resolve()))
+                    label_set=cfg.federation.label_set, run_dir=str(run_dir.resolve()))
 
 
 def prepare(cfg: SimConfig, run_dir: str | Path) -> tuple[SimConfig, DataSpec, int]:

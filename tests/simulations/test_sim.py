@@ -23,6 +23,14 @@ def _round_lines(run_dir: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in lines if "round" in r and not r.get("event")]
 
 
+def _same(a: list[dict], b: list[dict]) -> bool:
+    """Equal round lines; floats to 1e-7 relative (torch's CPU kernels may differ in the last bits)."""
+    if len(a) != len(b) or any(set(x) != set(y) for x, y in zip(a, b)):
+        return False
+    return all(x[k] == pytest.approx(y[k], rel=1e-7) if isinstance(x[k], float) else x[k] == y[k]
+               for x, y in zip(a, b) for k in x)
+
+
 def test_shipped_configs_load() -> None:
     assert {"flair-style-small", "flair-style", "flair"} <= set(builtin_configs())
     small = load_config("flair-style-small")
@@ -39,13 +47,13 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
     cfg = load_config("flair-style-small", tiny(simulation__user_epsilon=math.inf))
     a = run(cfg, tmp_path / "a", progress=False)
     b = run(cfg, tmp_path / "b", progress=False)
-    assert _round_lines(tmp_path / "a") == _round_lines(tmp_path / "b")
-    assert a["final_test"] == b["final_test"] and a["rounds_done"] == 2
+    assert _same(_round_lines(tmp_path / "a"), _round_lines(tmp_path / "b"))
+    assert a["final_test"] == pytest.approx(b["final_test"], rel=1e-7) and a["rounds_done"] == 2
     assert (tmp_path / "a" / "plots" / "ap.png").stat().st_size > 1000
     assert (tmp_path / "a" / "plots" / "epsilon.png").is_file()
     run(load_config("flair-style-small", tiny(simulation__user_epsilon=math.inf, federation__seed=1,
                                               federation__rounds=1)), tmp_path / "c", progress=False)
-    assert _round_lines(tmp_path / "c")[0] != _round_lines(tmp_path / "a")[0]
+    assert not _same(_round_lines(tmp_path / "c")[:2], _round_lines(tmp_path / "a")[:2])
 
 
 def test_user_dp_epsilon_matches_accountant(tmp_path: Path) -> None:
@@ -69,7 +77,7 @@ def test_flair_hdf5_runs_one_round(tmp_path: Path) -> None:
     users.update({"20001@N05": ("val", 2), "30001@N06": ("test", 4), "30002@N07": ("test", 3)})
     write_tiny_flair_hdf5(path, users=users, image_hw=16)
     cfg = load_config("flair", tiny(simulation__flair_path=str(path), federation__rounds=1,
-                                    federation__cohort_size=2, federation__min_clients=1,
+                                    federation__cohort_size=2, federation__min_clients=1, federation__label_set="fine",
                                     federation__eval_users=1, simulation__user_epsilon=math.inf))
     s = run(cfg, tmp_path / "flair-run", progress=False)
     assert s["dataset"] == "flair" and s["population"] == 4 and s["rounds_done"] == 1
@@ -86,7 +94,7 @@ def test_resume_and_config_mismatch(tmp_path: Path) -> None:
           if r.get("round") == 1 and not r.get("event")][0]
     ckpt_path.write_text(json.dumps({"round": 1, "metrics": m1}))  # as if killed during round 2
     s = run(cfg, tmp_path / "r", progress=False)
-    assert [r["round"] for r in _round_lines(tmp_path / "r")] == [1, 2]
+    assert [r["round"] for r in _round_lines(tmp_path / "r")] == [0, 1, 2]
     assert s["rounds_done"] == 2 and s["user_epsilon"] <= 2.0 + 0.05
     with pytest.raises(ConfigError, match="different config"):
         run(load_config("flair-style-small", tiny(simulation__user_epsilon=8.0)), tmp_path / "r", progress=False)
@@ -106,5 +114,5 @@ def test_ray_backend_matches_inprocess(tmp_path: Path) -> None:
     ray_s = run(load_config("flair-style-small", {**ov, "simulation.backend": "ray"}), tmp_path / "ray", progress=False)
     loc_s = run(load_config("flair-style-small", ov), tmp_path / "loc", progress=False)
     assert ray_s["backend"] == "ray" and ray_s["rounds_done"] == 1
-    assert _round_lines(tmp_path / "ray") == _round_lines(tmp_path / "loc")
-    assert ray_s["final_test"] == loc_s["final_test"]
+    assert _same(_round_lines(tmp_path / "ray"), _round_lines(tmp_path / "loc"))
+    assert ray_s["final_test"] == pytest.approx(loc_s["final_test"], rel=1e-7)
