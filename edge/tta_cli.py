@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--token", required=True)
     d.add_argument("--root-cert", type=Path, default=None, help="the service's certificate (TLS)")
     d.add_argument("--corruption", default="gaussian_noise", help="a corruption or comma-separated (continual)")
-    d.add_argument("--severity", type=int, default=5)
+    d.add_argument("--severity", type=int, default=3)
     d.add_argument("--n", type=int, default=1000, help="samples per corruption")
     d.add_argument("--batch-size", type=int, default=50)
     d.add_argument("--seed", type=int, default=0)

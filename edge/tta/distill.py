@@ -35,6 +35,7 @@ class CloudConfig:
     w_kl: float = 1.0
     w_ce: float = 1.0
     e0: float = 0.4  # reliability margin as a fraction of ln C (EATA's E0)
+    source_mix: float = 0.0  # teacher = (1 - mix) * foundation + mix * frozen source edge model (probabilities)
     replay_size: int = 1024
     replay_batch: int = 64
     seed: int = 0
@@ -78,6 +79,7 @@ class CloudAdapter:
         self.e0 = cfg.e0 * math.log(num_classes)
         self.foundation = copy.deepcopy(foundation).eval()
         self.edge = copy.deepcopy(edge).eval()  # GroupNorm: no batch statistics, eval mode is exact
+        self.source = copy.deepcopy(edge).eval().requires_grad_(False)
         self.f_opt = torch.optim.Adam(configure_affine_only(self.foundation), lr=cfg.foundation_lr)
         self.e_opt = torch.optim.Adam(configure_affine_only(self.edge), lr=cfg.edge_lr)
         self.replay = ReplayBuffer(cfg.replay_size, cfg.seed)
@@ -97,6 +99,9 @@ class CloudAdapter:
             self.f_opt.step()
         with torch.no_grad():
             teacher = self.foundation(xt)
+            if cfg.source_mix > 0:  # a log-probability mixture keeps the teacher as "logits" for KL/CE
+                probs = (1 - cfg.source_mix) * teacher.softmax(1) + cfg.source_mix * self.source(xt).softmax(1)
+                teacher = probs.clamp_min(1e-12).log()
         self.replay.add(xt, teacher)
         for _ in range(cfg.edge_steps):
             rx, rt = self.replay.sample(cfg.replay_batch)
