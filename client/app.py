@@ -35,4 +35,4 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global adapters on local data (federated evaluation)."""
     state, hparams = decode_global(msg.content)
     metrics = local_evaluate(state, hparams, _data(context))
-    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({METRICS: MetricRecord(dict(metrics.items()))}), reply_to=msg)  # type: ignore[arg-type]

@@ -6,8 +6,10 @@ import math
 from collections.abc import Iterable
 
 from flwr.app import Message
+from torch import nn
 
 from fedge.adapters import AdapterState, load_adapter_state
+from fedge.data.base import UserData
 from fedge.data.flair_style import FlairStyleDataset
 from fedge.server.config import FederationConfig
 from fedge.server.protocol import METRICS
@@ -22,8 +24,8 @@ class ServerEvaluator:
         self.cfg = cfg
         self.pretrain = pretrain_config({k.replace("_", "-"): v for k, v in vars(cfg).items()})
         self.specs = specs_for(cfg.adapter, cfg.num_classes)
-        self._model = None
-        self._data = None
+        self._model: nn.Module | None = None
+        self._data: UserData | None = None
 
     def initial_state(self) -> AdapterState:
         return initial_state(self.pretrain, self.specs, seed=self.cfg.seed)

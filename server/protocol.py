@@ -39,7 +39,7 @@ def encode_global(state: AdapterState, round_num: int, hparams: Mapping[str, Any
 def decode_global(content: RecordDict) -> tuple[AdapterState, dict[str, Any]]:
     """Inverse of :func:`encode_global` (on the client)."""
     cfg = dict(content[CONFIG])
-    tensors = content[GLOBAL].to_torch_state_dict()
+    tensors = content.array_records[GLOBAL].to_torch_state_dict()
     state = AdapterState(tensors, specs_from_json(str(cfg["specs"])), str(cfg["backbone-hash"]))
     return state, cfg
 
@@ -70,7 +70,7 @@ def decode_update(msg: Message, node: int | None = None) -> ClientUpdate:
         raise ValidationError("client_error", f"node {node} replied with error: {msg.error.reason}")
     content = msg.content
     try:
-        arrays = content[DELTA]
+        arrays = content.array_records[DELTA]
         metrics = {k: float(v) for k, v in dict(content[METRICS]).items()}  # type: ignore[arg-type]
         backbone = str(content[META]["backbone-hash"])
         delta = arrays.to_torch_state_dict()

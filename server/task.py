@@ -72,8 +72,8 @@ def save_user_data(data: UserData, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, images=data.images, **{f"labels_{k}": v for k, v in data.labels.items()},
-             user_id=np.array(data.user_id))
+    arrays: dict[str, Any] = {f"labels_{k}": v for k, v in data.labels.items()}
+    np.savez(tmp, images=data.images, user_id=np.array(data.user_id), **arrays)
     tmp.replace(path)
     return path
 
