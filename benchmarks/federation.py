@@ -36,11 +36,12 @@ def _port() -> int:
 def run_deployment(work: Path, clients: int, rounds: int, server_flags: list[str], env: dict[str, str],
                    timeout_s: float) -> tuple[list[dict[str, Any]], float]:
     """Run fed-server + ``clients`` fed-clients to completion; returns (metrics lines, total wall seconds)."""
-    sh = lambda *a: subprocess.run([PY, *a], env=env, check=True, capture_output=True)  # noqa: E731
-    sh("-m", "fedge.server.cli", "certs", str(work / "certs"))
+    from fedge.server.security import make_certificates, make_node_keys  # what `fed-server certs` / keygen do
+
+    make_certificates(work / "certs")
     names = [f"node{i}" for i in range(clients)]
     for n in names:
-        sh("-m", "fedge.client.cli", "keygen", str(work / "keys"), "--name", n)
+        make_node_keys(work / "keys", n)
     port, state = _port(), work / "server"
     t0 = time.perf_counter()
     server = subprocess.Popen(
