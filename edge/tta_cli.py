@@ -153,7 +153,7 @@ def _device(args: argparse.Namespace) -> dict[str, Any]:
               "corruptions": names, "severity": args.severity, "session_recreated": id(model.session) != session_id,
               **device.report()}
     if args.save_params is not None and device.current:
-        np.savez(args.save_params, **device.current)
+        np.savez(args.save_params, **dict[str, Any](device.current))
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -1,4 +1,4 @@
-"""Regenerate ``proto/*_pb2.py`` / ``*_pb2_grpc.py`` from ``proto/*.proto`` with grpcio-tools.
+"""Regenerate ``proto/*_pb2.py`` (+ ``.pyi`` type stubs) / ``*_pb2_grpc.py`` from ``proto/*.proto`` with grpcio-tools.
 
 protoc writes ``import fedge_pb2 as ...`` (a bare top-level name); the stubs live in ``fedge.proto``, so the
 import is rewritten to ``from fedge.proto import fedge_pb2 as ...``. Usage: ``python proto/generate.py [OUT]``.
@@ -25,12 +25,14 @@ def generate(out_dir: str | Path = PROTO_DIR, proto_dir: str | Path = PROTO_DIR)
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     with tempfile.TemporaryDirectory() as tmp:
         rc = protoc.main(["grpc_tools.protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={tmp}",
-                          f"--grpc_python_out={tmp}", *protos])
+                          f"--grpc_python_out={tmp}", f"--pyi_out={tmp}", *protos])
         if rc != 0:
             raise RuntimeError(f"protoc failed with exit code {rc} on {protos}")
         written = []
-        for src in sorted(Path(tmp).glob("*_pb2*.py")):
+        for src in sorted(Path(tmp).glob("*_pb2*.py*")):
             text = re.sub(r"^import (\w+_pb2) as", rf"from {PACKAGE} import \1 as", src.read_text(), flags=re.M)
+            if src.suffix == ".pyi":  # the linter's exclude names only *_pb2*.py; stubs are generated too
+                text = "# ruff: noqa\n" + text
             dst = out_dir / src.name
             dst.write_text(text)
             written.append(dst)

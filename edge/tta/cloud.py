@@ -85,7 +85,7 @@ class ParameterStore:
             _atomic_write(self.dir / f"v{bundle.version}.binpb", bundle.SerializeToString())
             if extra is not None:
                 tmp = self.dir / "foundation.tmp.npz"
-                np.savez(tmp, **dict(extra))
+                np.savez(tmp, **dict[str, Any](extra))
                 tmp.replace(self.dir / "foundation.npz")
             _atomic_write(self.dir / "latest", f"{bundle.version}\n".encode())
         self.bundle, self.version = bundle, bundle.version
@@ -125,6 +125,7 @@ class AdaptationService(pb_grpc.AdaptationServicer):
         if want is None:
             self._reject(context, grpc.StatusCode.PERMISSION_DENIED, f"unknown device {device_id!r}; "
                          "register it in the service's --devices file")
+            return
         if not hmac.compare_digest(want.encode(), token.encode()):
             self._reject(context, grpc.StatusCode.UNAUTHENTICATED, f"bad token for device {device_id!r}")
 

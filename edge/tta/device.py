@@ -38,7 +38,7 @@ class CloudClient:
     def __init__(self, target: str, device_id: str, token: str, root_cert: bytes | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout: float = 60.0,
                  retry_for: float = 60.0, server_name: str | None = None) -> None:
-        options = [("grpc.max_receive_message_length", max_message_bytes),
+        options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
         if server_name:

@@ -49,7 +49,7 @@ def run_no_adapt(bundle: str | Path, stream: Stream, cfg: RunConfig) -> dict[str
 
 
 @torch.no_grad()
-def run_lame(edge: nn.Module, stream: Stream, cfg: RunConfig) -> dict[str, Any]:
+def run_lame(edge: Any, stream: Stream, cfg: RunConfig) -> dict[str, Any]:
     """Output-only on-device refinement; needs the model's features next to its logits."""
     pred = []
     for x, _ in stream.batches(cfg.batch_size):

@@ -25,7 +25,7 @@ def _generator():
 
 def test_stubs_match_protos(tmp_path: Path) -> None:
     written = _generator().generate(tmp_path)
-    assert {p.name for p in written} == {"fedge_pb2.py", "fedge_pb2_grpc.py"}
+    assert {p.name for p in written} == {"fedge_pb2.py", "fedge_pb2.pyi", "fedge_pb2_grpc.py"}
     for fresh in written:
         committed = PROTO_DIR / fresh.name
         assert committed.read_text() == fresh.read_text(), f"{fresh.name} is stale: run python proto/generate.py"
