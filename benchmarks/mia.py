@@ -119,6 +119,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbone", default=None, help="safetensors weights for resnet_gn_small (default: seeded init)")
     parser.add_argument("--utility", default="", help="also train these adapter kinds end to end, e.g. head,film,lora")
+    parser.add_argument("--utility-train", type=int, default=None, help="training examples (default 2000)")
+    parser.add_argument("--utility-epochs", type=int, default=None, help="epochs (default 3)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     models = args.models or (6 if args.quick else 16)
@@ -177,6 +179,7 @@ def main() -> None:
     utility = {}
     if args.utility:
         n_train, u_epochs = (300, 1) if args.quick else (2000, 3)
+        n_train, u_epochs = args.utility_train or n_train, args.utility_epochs or u_epochs
         utility = {
             "train_examples": n_train, "epochs": u_epochs, "image_size": 14,
             "test_accuracy": adapter_utility(args.utility.split(","), [1.0, 2.0, 4.0, 8.0, math.inf], n_train,
