@@ -12,7 +12,9 @@ from fedge.errors import FedgeError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fed-edge", description=__doc__)
+    p = argparse.ArgumentParser(prog="fed-edge", description=__doc__,
+                                epilog="fed-edge cloud {bundle,serve,device} ...: cloud-edge test-time adaptation "
+                                       "(see fed-edge cloud --help)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def data_args(sp: argparse.ArgumentParser) -> None:
@@ -132,6 +134,11 @@ COMMANDS = {"export": _export, "quantize": _quantize, "convert": _convert, "benc
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``fed-edge``; a :class:`FedgeError` becomes one line on stderr and exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cloud"]:  # cloud-edge adaptation (fedge.edge.tta_cli) keeps its own parser
+        from fedge.edge.tta_cli import main as cloud_main
+
+        return cloud_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         out = COMMANDS[args.cmd](args)
