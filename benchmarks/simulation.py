@@ -74,11 +74,11 @@ class PeakRSS:
             self._th.join()
 
 
-def _config(args: argparse.Namespace, backend: str) -> Any:
+def _config(args: argparse.Namespace, backend: str, targeted: bool = True) -> Any:
     from fedge.simulations.config import load_config
 
     return load_config("flair-style", {
-        "simulation.backend": backend, "simulation.num_users": args.users, "simulation.test_users": 0,
+        "simulation.backend": backend, "simulation.targeted_polling": targeted, "simulation.num_users": args.users, "simulation.test_users": 0,
         "simulation.user_epsilon": 8.0, "federation.rounds": args.rounds, "federation.cohort_size": args.cohort,
         "federation.min_clients": 1, "federation.adapter": args.adapter, "federation.eval_users": 1,
         "federation.eval_every": 0, "federation.local_epochs": 1.0,
@@ -109,6 +109,8 @@ def floor(args: argparse.Namespace, population: int, tmp: Path) -> dict[str, Any
     from fedge.server.protocol import ClientUpdate
 
     ledger = dp.open_ledger(tmp / "floor-ledger.sqlite", 0.0, fed.user_delta)
+    warm = load_user(spec, train_user_id(spec, 0))  # one-off loads (image pools, backbone) are not timed
+    local_update(state, {**strategy.train_hparams(0), "round": 0}, warm)
     per_round = []
     for r in range(1, fed.rounds + 1):
         t0 = time.perf_counter()
@@ -125,13 +127,14 @@ def floor(args: argparse.Namespace, population: int, tmp: Path) -> dict[str, Any
     return {"round_s": per_round, "rounds_s": sum(per_round)}
 
 
-def simulate(args: argparse.Namespace, backend: str, out: Path) -> dict[str, Any]:
+def simulate(args: argparse.Namespace, backend: str, out: Path, targeted: bool = True) -> dict[str, Any]:
     from fedge.simulations.runner import run
 
     t0 = time.perf_counter()
+    name = backend if targeted else f"{backend}-flower-polling"
     with PeakRSS() as mem:
-        s = run(_config(args, backend), out / backend, progress=False)
-    lines = [json.loads(x) for x in (out / backend / "metrics.jsonl").read_text().splitlines()]
+        s = run(_config(args, backend, targeted), out / name, progress=False)
+    lines = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
     rounds = [r for r in lines if r.get("round", 0) > 0 and not r.get("event")]
     return {"round_s": [r["round_s"] for r in rounds], "rounds_s": sum(r["round_s"] for r in rounds),
             "wall_s": time.perf_counter() - t0, "peak_rss_mb": round(mem.peak, 1),
@@ -143,13 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 round, cohort 10 (under a minute on an idle machine)")
     p.add_argument("--users", type=int, default=12_500, help="FLAIR-style users (80%% train: 10,000)")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="round 1 includes Ray's actor start; ratios use rounds 2+")
     p.add_argument("--cohort", type=int, default=100)
     p.add_argument("--adapter", default="film")
-    p.add_argument("--backends", default="ray,inprocess")
+    p.add_argument("--backends", default="ray,inprocess,ray-flower-polling",
+                   help="ray-flower-polling: Flower's own message polling (without fed-sim's targeted polling)")
     args = p.parse_args(argv)
     if args.quick:
-        args.rounds, args.cohort = 1, 10
+        args.rounds, args.cohort, args.backends = 2, 10, "ray,inprocess"
     os.environ.setdefault("FEDGE_NO_PROGRESS", "1")
     import torch
 
@@ -165,20 +169,23 @@ def main(argv: list[str] | None = None) -> int:
         with PeakRSS() as mem:
             result["floor"] = floor(args, population, Path(tmp))
         result["floor"]["peak_rss_mb"] = round(mem.peak, 1)
-        for backend in [b for b in args.backends.split(",") if b]:
-            result[backend] = simulate(args, backend, Path(tmp))
-    fl = result["floor"]["rounds_s"]
-    clients = args.rounds * args.cohort
-    result["floor"]["clients_per_s"] = clients / fl
-    for b in ("inprocess", "ray"):
+        for b in [b for b in args.backends.split(",") if b]:
+            result[b] = simulate(args, b.removesuffix("-flower-polling"), Path(tmp), not b.endswith("polling"))
+    fl = result["floor"]["round_s"]
+    result["floor"]["clients_per_s"] = args.cohort * len(fl) / sum(fl)
+    steady = slice(1, None) if args.rounds > 1 else slice(0, None)
+    for b in ("inprocess", "ray", "ray-flower-polling"):
         if b in result:
-            result[b]["clients_per_s"] = result[b]["clients"] / result[b]["rounds_s"]
-            result[b]["ratio_vs_floor"] = result[b]["rounds_s"] / fl
+            rs = result[b]["round_s"]
+            result[b]["clients_per_s"] = result[b]["clients"] / sum(rs)
+            result[b]["ratio_vs_floor_all_rounds"] = sum(rs) / sum(fl)
+            result[b]["ratio_vs_floor"] = sum(rs[steady]) / sum(fl[steady])
+            result[b]["ratio_vs_floor_per_cpu"] = sum(rs[steady]) / (sum(fl[steady]) / 2)
     result["load_avg_1min_end"] = os.getloadavg()[0]
     main_b = "ray" if "ray" in result else "inprocess"
     ratio = result[main_b]["ratio_vs_floor"]
-    result["headline"] = {"metric": f"{main_b} simulation round wall time / pure-compute floor "
-                                    f"({population} users, cohort {args.cohort})",
+    result["headline"] = {"metric": f"{main_b} simulation round wall time / one-process pure-compute floor, rounds "
+                                    f"2+ ({population} users, cohort {args.cohort})",
                           "value": round(ratio, 3), "goal": 1.3, "higher_is_better": False, "met": ratio <= 1.3}
     print(json.dumps(result, indent=2, default=str))
     return 0

@@ -46,6 +46,7 @@ class SimConfig:
     num_cpus: int = 2  # Ray: CPUs given to Ray (one actor per client_cpus)
     client_cpus: float = 1.0
     object_store_mb: int = 128
+    targeted_polling: bool = True  # Ray: poll only nodes with messages (see engine.targeted_message_polling)
     test_users: int = 100  # held-out test users for the per-round AP curve (0 = none)
     eval_every: int = 5  # evaluate the saved global adapters on test users every N rounds (and the last)
     user_epsilon: float = 0.0  # > 0: calibrate user_noise_multiplier to this (inf = no noise); 0 = use as given

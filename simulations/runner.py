@@ -171,7 +171,8 @@ def run(cfg: SimConfig, run_dir: str | Path, progress: bool = True, fresh: bool 
     t0 = time.perf_counter()
     try:
         if cfg.backend == "ray":
-            engine.run_ray(run_config, spec, population, cfg.num_cpus, cfg.client_cpus, cfg.object_store_mb)
+            engine.run_ray(run_config, spec, population, cfg.num_cpus, cfg.client_cpus, cfg.object_store_mb,
+                           cfg.targeted_polling)
         else:
             engine.run_inprocess(run_config, spec, population)
     finally:
