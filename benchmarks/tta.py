@@ -24,7 +24,7 @@ from fedge.edge.tta.streams import CORRUPTIONS, continual_stream, corruption_str
 from fedge.edge.tta.task import EDGE_DEFAULT, FOUNDATION_DEFAULT, load_or_train
 from fedge.paths import fedge_home
 
-QUICK = ("gaussian_noise", "contrast", "jpeg")
+QUICK = ("gaussian_noise", "motion_blur", "jpeg")  # one per family: noise, blur, digital
 METHODS = ("no_adapt", "lame", "tent", "cloud_edge")
 
 
