@@ -107,6 +107,7 @@ def test_cli_reports_errors_in_one_line(capsys: pytest.CaptureFixture[str]) -> N
     assert "no-such-config" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_ray_backend_matches_inprocess(tmp_path: Path) -> None:
     """Flower's Simulation Engine (Ray, 2 CPUs, 1 per actor) gives the in-process backend's metrics."""
