@@ -85,6 +85,8 @@ def summarize(rounds: list[dict[str, Any]], goal_overhead: float, goal_bytes: fl
         "overhead_s": round(m["train_phase_s"] - m["client_compute_max_s"], 3),
         "overhead_fraction": round(1 - m["client_compute_max_s"] / m["train_phase_s"], 4),
         "round_s_incl_eval": round(m["round_s"], 3),
+        "delivery_s": round(m.get("client_delivery_mean_s", 0.0), 3),
+        "clientapp_process_startup_s": round(m.get("client_process_startup_mean_s", 0.0), 3),
         "bytes_sent_per_client": m["bytes_sent_per_client"],
         "bytes_received_per_client": m["bytes_received_per_client"],
         "clients": m["clients"],
@@ -99,6 +101,9 @@ def summarize(rounds: list[dict[str, Any]], goal_overhead: float, goal_bytes: fl
         "overhead_fraction_steady": round(overhead, 4),
         "client_compute_s_steady": round(statistics.mean(r["client_compute_s"] for r in steady), 3),
         "overhead_s_steady": round(statistics.mean(r["overhead_s"] for r in steady), 3),
+        "overhead_breakdown_note": "delivery_s = server send -> ClientApp handler start (SuperNode's 3 s poll, "
+                                   "ClientApp process start and imports, included); clientapp_process_startup_s "
+                                   "is the part spent starting that process",
         "adapter_update_bytes": update,
         "full_model_bytes": full,
         "update_to_full_model_ratio": round(update / full, 6),

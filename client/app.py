@@ -6,6 +6,9 @@ device's data) and ``state-dir`` (the device's privacy ledger) and ``epsilon-bud
 
 from __future__ import annotations
 
+import os
+import time
+
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -20,13 +23,25 @@ def _data(context: Context):  # noqa: ANN202
     return load_user_data(str(context.node_config["data-path"]))
 
 
+def _process_age_s() -> float:
+    """Seconds since this ClientApp process started (Linux ``/proc``; 0 elsewhere): its start-up cost."""
+    try:
+        ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        boot = next(float(x.split()[1]) for x in open("/proc/stat") if x.startswith("btime"))
+        return max(0.0, time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK")))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the adapters on local data and reply with the delta, example count, epsilon and metrics."""
+    startup, delivery = _process_age_s(), max(0.0, time.time() - float(msg.metadata.created_at))
     state, hparams = decode_global(msg.content)
     node = context.node_config
     delta, metrics = local_update(state, hparams, _data(context), str(node.get("state-dir", ".")),
                                   float(node.get("epsilon-budget", 0.0)))
+    metrics.update({"process-startup-s": startup, "delivery-s": delivery})
     return Message(encode_update(delta, state.backbone_hash, metrics), reply_to=msg)
 
 

@@ -53,6 +53,11 @@ def wait_for_nodes(grid: Grid, minimum: int, timeout_s: float, desired: int = 0,
         time.sleep(0.5)
 
 
+def _mean(values: Any) -> float:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else 0.0
+
+
 def _secure_generator() -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
 
@@ -169,6 +174,9 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
             "round_s": t_end - t_round, "train_phase_s": t_agg - t_round, "aggregate_s": t_eval - t_agg,
             "eval_s": t_end - t_eval, "client_compute_max_s": max(compute, default=0.0),
             "client_compute_mean_s": sum(compute) / max(1, len(compute)),
+            # until the ClientApp handler ran: server->SuperNode delivery, polling and ClientApp process start
+            "client_delivery_mean_s": _mean(u.metrics.get("delivery-s", 0.0) for u in valid),
+            "client_process_startup_mean_s": _mean(u.metrics.get("process-startup-s", 0.0) for u in valid),
             "bytes_sent_per_client": sent_bytes,
             "bytes_received_per_client": sum(u.payload_bytes for u in valid) / max(1, len(valid)),
             "full_model_bytes": full_bytes,
