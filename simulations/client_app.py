@@ -44,7 +44,7 @@ def handle_evaluate(msg: Message, spec: DataSpec, partition_id: int) -> Message:
     """What :func:`fedge.client.app.evaluate` does, for the user of ``partition_id``."""
     state, hparams = decode_global(msg.content)
     metrics = local_evaluate(state, hparams, load_user(spec, train_user_id(spec, partition_id)))
-    return Message(RecordDict({METRICS: MetricRecord(metrics)}), reply_to=msg)
+    return Message(RecordDict({METRICS: MetricRecord(dict(metrics))}), reply_to=msg)  # type: ignore[arg-type]
 
 
 @app.train()

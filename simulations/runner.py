@@ -95,7 +95,10 @@ def evaluate_rounds(cfg: SimConfig, spec: DataSpec, store: RunStore) -> tuple[di
     cache = store.dir / "test-metrics.jsonl"
     done = {r["round"]: r for r in map(json.loads, cache.read_text().splitlines())} if cache.is_file() else {}
     if -1 not in done:
-        base = evaluate(load_backbone(pretrain_config(hp)), test.images, labels, multilabel=True)
+        # the backbone's own classifier predicts the 10 fine labels: no baseline for other label sets
+        backbone = load_backbone(pretrain_config(hp))
+        fits = fed.label_set == "fine" and labels.shape[1] == 10
+        base = evaluate(backbone, test.images, labels, multilabel=True) if fits else {}
         done[-1] = {"round": -1, "baseline": True, **base}
     wanted = sorted({r for r in range(0, fed.rounds + 1) if r % max(1, cfg.eval_every) == 0} | {fed.rounds})
     model = None
