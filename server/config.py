@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from fedge.errors import ConfigError
+from fedge.pretrain import PretrainConfig
+
+_PRETRAIN = PretrainConfig()
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,8 @@ class FederationConfig:
     arch: str = "resnet_gn_small"
     adapter: str = "film"
     label_set: str = "fine"
-    pretrain_images: int = 24_000
-    pretrain_epochs: float = 3.0
+    pretrain_images: int = _PRETRAIN.num_images  # the backbone: fedge.pretrain's defaults unless overridden
+    pretrain_epochs: float = _PRETRAIN.epochs
     # local training (each client)
     local_epochs: float = 1.0
     lr: float = 0.05

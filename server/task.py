@@ -25,9 +25,10 @@ _BACKBONES: dict[PretrainConfig, nn.Module] = {}
 
 def pretrain_config(hparams: Mapping[str, Any]) -> PretrainConfig:
     """The backbone's pretrain config from a run config or a message's config record."""
-    return PretrainConfig(arch=str(hparams.get("arch", "resnet_gn_small")),
-                          num_images=int(hparams.get("pretrain-images", 24_000)),
-                          epochs=float(hparams.get("pretrain-epochs", 3.0)))
+    d = PretrainConfig()
+    return PretrainConfig(arch=str(hparams.get("arch", d.arch)),
+                          num_images=int(hparams.get("pretrain-images", d.num_images)),
+                          epochs=float(hparams.get("pretrain-epochs", d.epochs)))
 
 
 def load_backbone(cfg: PretrainConfig, expected_hash: str | None = None, progress: bool = False) -> nn.Module:
