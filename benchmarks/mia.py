@@ -9,7 +9,7 @@ test accuracy per epsilon (the privacy-utility figure for the head adapter).
 The headline checks the DP bound empirically: at epsilon=1, TPR at 1% FPR must stay below
 ``e^1 * 0.01 + delta``, which any (1, delta)-DP training guarantees for every attack.
 
-    python benchmarks/mia.py [--quick] [--models 16] [--plot benchmarks/out/mia_roc.png]
+    python benchmarks/mia.py [--quick] [--models 16] [--plot runs/mia_roc.png] [--utility head,film,lora]
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", type=int, default=None)
-    parser.add_argument("--plot", default="benchmarks/out/mia_roc.png")
+    parser.add_argument("--plot", default="runs/mia_roc.png")  # runs/ is git-ignored
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbone", default=None, help="safetensors weights for resnet_gn_small (default: seeded init)")
     parser.add_argument("--utility", default="", help="also train these adapter kinds end to end, e.g. head,film,lora")
