@@ -6,6 +6,7 @@ which the training loop reads from the spec. Merging is the identity.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -21,8 +22,20 @@ def classifier_name(model: nn.Module) -> str:
 
 
 def new_head(model: nn.Module, num_classes: int) -> nn.Linear:
-    """A freshly initialised classifier with the backbone's feature width."""
+    """A trainable classifier with the backbone's feature width.
+
+    When the backbone's own classifier already has ``num_classes`` outputs it is the starting point (a copy),
+    so adapting the head never starts below the pretrained model; otherwise the head is freshly initialised.
+    """
     old = getattr(model, classifier_name(model))
     if not isinstance(old, nn.Linear):
         raise TypeError(f"the classifier {classifier_name(model)!r} is a {type(old).__name__}, expected nn.Linear")
-    return nn.Linear(old.in_features, num_classes).to(old.weight.device)
+    head = nn.Linear(old.in_features, num_classes, bias=True).to(old.weight.device)
+    if old.out_features == num_classes:
+        with torch.no_grad():
+            head.weight.copy_(old.weight)
+            if old.bias is not None:
+                head.bias.copy_(old.bias)
+            else:
+                head.bias.zero_()
+    return head

@@ -49,8 +49,11 @@ def inject(model: nn.Module, specs: Sequence[AdapterSpec] | AdapterSpec, seed: i
     if getattr(model, _SPECS_ATTR, None) is not None:
         raise ConfigError("this model already has adapters; inject once into a fresh backbone")
     specs = (specs,) if isinstance(specs, AdapterSpec) else tuple(specs)
-    if len({s.kind for s in specs}) != len(specs):
-        raise ConfigError(f"one spec per adapter kind, got {[s.kind for s in specs]}")
+    kinds = [s.kind for s in specs]
+    if len(set(kinds)) != len(specs):
+        raise ConfigError(f"one spec per adapter kind, got {kinds}")
+    if "full" in kinds and not set(kinds) <= {"full", "head"}:
+        raise ConfigError(f"full fine-tuning combines only with a new head, got {kinds}")
     digest = backbone_hash(model)
     model.requires_grad_(False)
     cls_name = head.classifier_name(model)
@@ -68,6 +71,11 @@ def inject(model: nn.Module, specs: Sequence[AdapterSpec] | AdapterSpec, seed: i
 
 
 def _inject_one(model: nn.Module, spec: AdapterSpec, cls_name: str) -> None:
+    if spec.kind == "full":
+        for name, p in model.named_parameters():
+            if _matches(name, spec.targets):
+                p.requires_grad_(True)
+        return
     if spec.kind == "head":
         new = head.new_head(model, spec.num_classes)
         new.requires_grad_(True)

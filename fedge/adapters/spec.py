@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 
 from fedge.errors import ConfigError
 
-KINDS = ("film", "lora", "head")
+KINDS = ("film", "lora", "head", "full")
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,8 @@ class AdapterSpec:
 
     ``targets`` are fnmatch patterns over module names; empty means the kind's default targets
     (FiLM: every GroupNorm/LayerNorm; LoRA: every Linear/Conv2d except the classifier; head: the
-    model's classifier attribute).
+    model's classifier attribute). ``full`` is the full fine-tuning baseline: every backbone tensor is
+    trainable and travels as "adapter" state (what adapters are compared against, not an adapter).
     """
 
     kind: str

@@ -197,3 +197,26 @@ def test_lora_targets_select_attention_projections() -> None:
     inject(model, AdapterSpec(kind="lora", targets=("blocks.*.attn.qkv", "blocks.*.attn.proj"), rank=2))
     wrapped = [n for n, m in model.named_modules() if isinstance(m, LoRALayer)]
     assert len(wrapped) == 8 and all(".attn." in n for n in wrapped)
+
+
+def test_head_starts_from_the_backbone_classifier_when_it_fits() -> None:
+    model = create_model("resnet_gn_small", num_classes=10)
+    old_w = model.fc.weight.detach().clone()
+    inject(model, parse_adapter_kinds("head", 10, True))
+    assert torch.equal(model.fc.weight, old_w) and model.fc.weight.requires_grad
+    other = create_model("resnet_gn_small", num_classes=10)
+    inject(other, parse_adapter_kinds("head", 4, True))  # another label set: a fresh head
+    assert other.fc.weight.shape == (4, 128)
+
+
+def test_full_fine_tuning_baseline_exposes_every_tensor() -> None:
+    model = create_model("vit_tiny")
+    n_params = len(list(model.parameters()))
+    inject(model, parse_adapter_kinds("full", 10, True))
+    state = adapter_state(model)
+    assert len(state) == n_params and all(p.requires_grad for p in model.parameters())
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x), merge(model)(x))
+    with pytest.raises(ConfigError, match="full"):
+        inject(create_model("vit_tiny"), parse_adapter_kinds("full+film", 10, True))
