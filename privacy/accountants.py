@@ -39,9 +39,10 @@ class PrivacyReport:
     steps: int = 0
 
     def __str__(self) -> str:
+        steps = f", {self.steps} steps" if self.steps else ""  # 0: the report does not know the step count
         return (
             f"({self.epsilon:.3f}, {self.delta:g})-DP per {self.unit}, {self.accountant.upper()} accountant, "
-            f"{self.sampling} sampling, {self.steps} steps"
+            f"{self.sampling} sampling{steps}"
         )
 
 
