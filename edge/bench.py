@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import tempfile
 import time
@@ -42,14 +43,18 @@ def measure_interleaved(fns: dict[str, Callable[[np.ndarray], object]], x: np.nd
     per_round, per_round_b = max(1, iters // rounds), max(1, iters // (10 * rounds))
     for _ in range(rounds):
         for name, fn in fns.items():
-            t1[name].append(_timings(lambda f=fn: f(one), 5, per_round))
-            tb[name].append(_timings(lambda f=fn: f(many), 1, per_round_b))
+            t1[name].append(_timings(functools.partial(fn, one), 5, per_round))
+            tb[name].append(_timings(functools.partial(fn, many), 1, per_round_b))
     out = {}
     for name in fns:
         a, b = np.concatenate(t1[name]), np.concatenate(tb[name])
         out[name] = {"p50_ms": 1e3 * float(np.percentile(a, 50)), "p95_ms": 1e3 * float(np.percentile(a, 95)),
                      f"throughput_b{batch}_ips": batch / float(np.median(b))}
     return out
+
+
+def _run_session(sess: Any, input_name: str, a: np.ndarray) -> object:
+    return sess.run(None, {input_name: a})
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -91,7 +96,7 @@ def bench_bundle(
         sess = ort_session(bundle / manifest["files"][variant]["path"], threads=threads)
         metric, score = task_score(run_onnx(sess, x), test[1], multilabel)
         rows[name] = {"bytes": manifest["files"][variant]["bytes"], metric: score}
-        fns[name] = lambda a, s=sess, n=in_name: s.run(None, {n: a})
+        fns[name] = functools.partial(_run_session, sess, in_name)
     for name, timing in measure_interleaved(fns, x, iters).items():
         rows[name] = {**timing, **rows[name]}
     return {"threads": threads, "iters": iters, "test_examples": int(len(x)), "metric": metric, "rows": rows}

@@ -96,12 +96,13 @@ def quantize(
         extra: dict[str, Any] = {}
         if method == "percentile":
             extra["CalibPercentile"] = 99.99
-        reader: ArrayCalibrationReader | None = ArrayCalibrationReader(calibration)
         cache = None
+        reader: ArrayCalibrationReader | None = None
         with contextlib.redirect_stdout(io.StringIO()):  # the calibrators print progress to stdout
             if method == "entropy":
-                cache = _entropy_cache(pre, reader, Path(tmp))
-                reader = None
+                cache = _entropy_cache(pre, ArrayCalibrationReader(calibration), Path(tmp))
+            else:
+                reader = ArrayCalibrationReader(calibration)
             quantize_static(
                 str(pre), str(out_path), reader, calibration_cache_path=cache,
                 quant_format=QuantFormat.QDQ, per_channel=per_channel,
