@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this device's example-level epsilon budget; training stops past it (0 = none)")
     p.add_argument("--runtime-port", type=int, default=0, help="local SuperNode runtime port (0 = any free)")
     p.add_argument("--max-wait", type=float, default=None, help="give up if the server is unreachable this long")
+    p.add_argument("--refused-retry", type=float, default=60.0,
+                   help="keep retrying this many seconds if the server refuses this node (key not yet registered)")
     return p
 
 
@@ -92,8 +94,21 @@ def run(args: argparse.Namespace) -> int:
     print(f"fed-client: {n} local examples, connecting to {args.server} "
           f"({'insecure' if args.insecure else 'TLS'}, {'node key ' + args.key.name if args.key else 'no node key'})",
           flush=True)
-    proc = subprocess.Popen(supernode_command(args, data_path, port), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    deadline = time.monotonic() + args.refused_retry
+    while True:
+        code, refused = _run_supernode(supernode_command(args, data_path, port), env)
+        if code == 0 or not refused:
+            return code
+        if time.monotonic() > deadline:
+            raise FedgeError("the server refused this node or is unreachable: check --server and --root-cert, "
+                             "and that the server lists this node's .pub in --authorized-keys")
+        print("fed-client: refused (the server may not have registered this key yet); retrying in 5 s", flush=True)
+        time.sleep(5)
+
+
+def _run_supernode(cmd: list[str], env: dict[str, str]) -> tuple[int, bool]:
+    """Run one SuperNode to its end, relaying its log; returns (exit code, whether it was refused)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     refused = threading.Event()
 
     def relay() -> None:  # pass the SuperNode's log through, watching for a refusal
@@ -114,11 +129,8 @@ def run(args: argparse.Namespace) -> int:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-        return 130
-    if code != 0 and refused.is_set():
-        raise FedgeError("the server refused this node or is unreachable: check --server and --root-cert, and "
-                         "that the server lists this node's .pub in --authorized-keys")
-    return code
+        raise
+    return code, refused.is_set()
 
 
 def _raise_interrupt(*_: object) -> None:
@@ -142,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     except FedgeError as err:
         print(f"fed-client: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":
