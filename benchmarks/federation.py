@@ -125,7 +125,7 @@ def main() -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     epochs = args.local_epochs if args.local_epochs is not None else (1.0 if args.quick else 5.0)
     flags = ["--adapter", "film", "--no-federated-eval", "--eval-users", "0" if args.quick else "10",
-             "--local-epochs", str(epochs), "--population-size", "100", "--round-timeout", "300"]
+             "--local-epochs", str(epochs), "--population-size", str(clients), "--round-timeout", "300"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
         work = Path(tmp)

@@ -40,7 +40,8 @@ FLAGS: dict[str, tuple[str, type, str]] = {
     "--user-noise": ("user_noise_multiplier", float, "user-level DP noise multiplier (server)"),
     "--user-clip": ("user_clip", float, "user-level L2 clipping bound of a client's delta"),
     "--user-delta": ("user_delta", float, "user-level delta"),
-    "--population-size": ("population_size", int, "number of users the cohort is sampled from (accounting)"),
+    "--population-size": ("population_size", int, "eligible users; each joins a round with probability "
+                          "cohort/population (Poisson, as the accountant assumes); default: the cohort size (q = 1)"),
     "--epsilon-budget": ("epsilon_budget", float, "stop before user-level epsilon exceeds this (0 = none)"),
     "--eval-users": ("eval_users", int, "held-out users for server-side evaluation (0 = off)"),
     "--num-users": ("num_users", int, "FLAIR-style population size the held-out users come from"),

@@ -51,7 +51,7 @@ class FederationConfig:
     user_noise_multiplier: float = 1.0
     user_clip: float = 1.0
     user_delta: float = 1e-3
-    population_size: int = 100
+    population_size: int = 0  # eligible users; 0 = cohort_size (q = 1: every connected client, every round)
     epsilon_budget: float = 0.0  # 0 = no budget (ledger still records every spend)
     # validation
     max_delta_norm: float = 1e3

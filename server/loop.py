@@ -21,6 +21,7 @@ from flwr.serverapp import Grid
 
 from fedge.adapters import AdapterState
 from fedge.errors import FedgeError, PrivacyBudgetExceeded, ValidationError
+from fedge.privacy import poisson_cohort
 from fedge.server import dp
 from fedge.server.checkpoint import Checkpoint, RunStore
 from fedge.server.config import FederationConfig
@@ -112,6 +113,7 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
     store.reconcile_metrics(ckpt)
     rng = random.Random(cfg.seed * 7919 + ckpt.round)
     full_bytes = evaluator.full_model_bytes()
+    private_cohorts = cfg.user_dp and cfg.user_noise_multiplier > 0
     stopped = ""
     for r in range(ckpt.round + 1, cfg.rounds + 1):
         if cfg.user_dp:
@@ -131,7 +133,12 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
             done = {u.node_id for u in valid}
             nodes = [n for n in wait_for_nodes(grid, cfg.min_clients, cfg.wait_for_clients_s, cfg.cohort_size,
                                                cfg.cohort_grace_s) if n not in done]
-            cohort = sorted(rng.sample(nodes, min(cfg.cohort_size - len(valid), len(nodes))))
+            if private_cohorts:
+                # Poisson sampling with the OS RNG, as the user-level accountant assumes: each connected user
+                # joins with probability q, secretly; a seeded or fixed-size cohort would void the bound.
+                cohort = sorted(poisson_cohort(nodes, strategy.user_sample_rate()))
+            else:
+                cohort = sorted(rng.sample(nodes, min(cfg.cohort_size - len(valid), len(nodes))))
             replies, silent = send_round(grid, cohort, content, "train", cfg.round_timeout_s)
             parsed: list[ClientUpdate | Rejection] = [Rejection(n, "timeout", f"node {n} did not reply in "
                                                                f"{cfg.round_timeout_s:.0f}s") for n in silent]
@@ -143,8 +150,8 @@ def run_federation(grid: Grid, cfg: FederationConfig, store: RunStore, progress:
             ok, bad = strategy.screen(parsed, state)
             valid += ok
             rejected += bad
-            if len(valid) >= cfg.min_clients:
-                break
+            if len(valid) >= cfg.min_clients or (private_cohorts and valid):
+                break  # a private cohort is never topped up: that would raise a user's inclusion rate above q
             log.warning("round %d: %d valid updates < min_clients=%d, retrying (%d/%d)", r, len(valid),
                         cfg.min_clients, attempts, cfg.max_retries)
         else:

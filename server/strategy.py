@@ -135,8 +135,12 @@ class AdapterDeltaStrategy:
                             expected_cohort_size=float(self.cfg.cohort_size))
 
     def user_sample_rate(self) -> float:
-        """Poisson-sampling assumption for user-level accounting: cohort over population."""
-        return min(1.0, self.cfg.cohort_size / max(self.cfg.population_size, 1))
+        """Poisson rate q = cohort / population: each connected user joins a round with probability q.
+
+        The loop samples exactly so (``fedge.privacy.poisson_cohort``) when user-level noise is on.
+        """
+        population = self.cfg.population_size or self.cfg.cohort_size
+        return min(1.0, self.cfg.cohort_size / population)
 
 
 def _apply(state: AdapterState, delta: Mapping[str, torch.Tensor]) -> AdapterState:

@@ -102,7 +102,7 @@ def test_fed_server_three_clients_tls_auth_dp_kill_and_resume(fedge_home: Path, 
                   "--port", str(port), "--authorized-keys", *[str(tmp_path / "keys" / f"{n}.pub") for n in "abc"]]
     flags = ["--rounds", "3", "--cohort-size", "3", "--min-clients", "2", "--round-timeout", "180", "--cohort-grace", "60",
              "--adapter", "film", "--client-noise", "0.8", "--client-clip", "1.0", "--user-noise", "0.5",
-             "--user-clip", "1.0", "--population-size", "30", "--num-users", "40", "--eval-users", "3",
+             "--user-clip", "1.0", "--population-size", "3", "--num-users", "40", "--eval-users", "3",
              "--no-federated-eval", "--local-epochs", "1", "--lr", "0.1",
              "--pretrain-images", str(TINY["pretrain-images"]), "--pretrain-epochs", str(TINY["pretrain-epochs"])]
     logs = tmp_path / "logs"

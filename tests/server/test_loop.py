@@ -115,7 +115,7 @@ def test_bad_update_is_rejected_and_round_completes(fedge_home: Path, tmp_path: 
 def test_user_dp_records_one_spend_per_round_and_resume_is_consistent(fedge_home: Path, tmp_path: Path) -> None:
     grid = FakeGrid(_users(3))
     store = RunStore(tmp_path / "run")
-    cfg = _cfg(rounds=2, user_dp=True, user_noise_multiplier=1.0, user_clip=0.5, population_size=30,
+    cfg = _cfg(rounds=2, user_dp=True, user_noise_multiplier=1.0, user_clip=0.5, population_size=3,
                federated_eval=False)
     run_federation(grid, cfg, store)  # type: ignore[arg-type]
     # "crash" after round 2's spend but before its commit: roll the commit record back to round 1
@@ -151,7 +151,7 @@ def test_client_dp_sgd_reports_epsilon_from_device_ledger(fedge_home: Path, tmp_
 
 def test_user_budget_stops_the_run_before_it_is_exceeded(fedge_home: Path, tmp_path: Path) -> None:
     grid = FakeGrid(_users(2))
-    kw = dict(user_dp=True, user_noise_multiplier=1.0, user_clip=0.5, population_size=20, cohort_size=2,
+    kw = dict(user_dp=True, user_noise_multiplier=1.0, user_clip=0.5, population_size=2, cohort_size=2,
               federated_eval=False, eval_users=0)
     first = RunStore(tmp_path / "one")
     run_federation(grid, _cfg(**kw), first)  # type: ignore[arg-type]
@@ -163,3 +163,23 @@ def test_user_budget_stops_the_run_before_it_is_exceeded(fedge_home: Path, tmp_p
     with PrivacyLedger(store.ledger_path) as ledger:
         assert [s.round for s in ledger.spends("federation")] == [1]
         assert ledger.epsilon("federation", "population") <= eps1 * 1.01
+
+
+def test_user_dp_cohorts_are_poisson_sampled_at_the_accounted_rate(fedge_home: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedge.server.loop as loop
+
+    calls: list[tuple[list[int], float]] = []
+    real = loop.poisson_cohort
+
+    def recording(nodes, rate, rng=None):  # type: ignore[no-untyped-def]
+        calls.append((list(nodes), rate))
+        return real(nodes, rate, rng)
+
+    monkeypatch.setattr(loop, "poisson_cohort", recording)
+    grid = FakeGrid(_users(3))
+    cfg = _cfg(rounds=2, user_dp=True, user_noise_multiplier=1.0, user_clip=0.5, population_size=3,
+               federated_eval=False)
+    run_federation(grid, cfg, RunStore(tmp_path / "run"))  # type: ignore[arg-type]
+    assert [rate for _, rate in calls] == [1.0, 1.0]  # one draw per round at q = cohort / population, no top-up
+    assert all(sorted(nodes) == sorted(grid.users) for nodes, _ in calls)
