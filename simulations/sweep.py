@@ -1,10 +1,12 @@
 """Privacy-utility sweep: adapter kind x user-level epsilon, one fed-sim run per cell, a markdown table and a plot.
 
-    fed-sim sweep --config flair-style-small --kinds head,film,film+head,lora --eps 1,2,4,8,inf \
+    fed-sim sweep --config flair-style-small --kinds head,film,film+head,lora,full --eps 1,2,4,8,inf \
         --out runs/sweep --doc docs/sweep.md
 
-Cells already finished in ``--out`` are reused (the sweep resumes). Full fine-tuning is not a kind the apps
-can run: fedge's protocol and strategy carry adapter tensors only (see docs/simulation.md).
+Cells already finished in ``--out`` are reused (the sweep resumes), so delete ``--out`` after changing the
+adapters or the apps. ``full`` is the full fine-tuning baseline (every backbone tensor travels as adapter
+state, ~1.2 MB per update); it fits the server's default update limits (``max_payload_bytes`` 0 = 4x the
+global state, ``max_delta_norm`` 1e3), so it needs no per-kind override.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from fedge.errors import FedgeError
 
-DEFAULT_KINDS = "head,film,film+head,lora"
+DEFAULT_KINDS = "head,film,film+head,lora,full"
 DEFAULT_EPS = "1,2,4,8,inf"
 
 
