@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fedge.adapters import backbone_hash
+from fedge.adapters.state import read_metadata
 from fedge.data.flair_style import FlairStyleDataset, public_split
 from fedge.errors import DataError
 from fedge.models import create_model
@@ -57,9 +58,7 @@ def load_backbone(path: str | Path, arch: str) -> tuple[nn.Module, dict[str, str
     path = Path(path)
     try:
         state = load_file(str(path))
-        from fedge.adapters.state import _read_metadata
-
-        meta = _read_metadata(path.read_bytes()[: 8 + 1_000_000])
+        meta = read_metadata(path.read_bytes())
     except Exception as exc:
         raise DataError(f"cached backbone {path} is unreadable ({exc}); delete it to pretrain again") from None
     model = create_model(arch, num_classes=10, in_chans=1)

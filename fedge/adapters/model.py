@@ -12,7 +12,7 @@ from torch import nn
 
 from fedge.adapters import film, head, lora
 from fedge.adapters.spec import AdapterSpec
-from fedge.adapters.state import AdapterState
+from fedge.adapters.state import AdapterState, check_compatible
 from fedge.errors import AdapterMismatchError, ConfigError
 
 _SPECS_ATTR = "fedge_specs"
@@ -142,8 +142,6 @@ def load_adapter_state(model: nn.Module, state: AdapterState) -> None:
     params = dict(model.named_parameters())
     names = adapter_names(model)
     expected = {n: params[n] for n in names}
-    from fedge.adapters.state import check_compatible
-
     check_compatible(AdapterState(expected, state.specs, state.backbone_hash), state)
     with torch.no_grad():
         for n in names:

@@ -6,6 +6,8 @@ message alone says which backbone it belongs to.
 
 from __future__ import annotations
 
+import json
+import struct
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -67,7 +69,7 @@ class AdapterState(Mapping[str, torch.Tensor]):
     def from_bytes(cls, data: bytes) -> AdapterState:
         try:
             tensors = st_load(data)
-            meta = _read_metadata(data)
+            meta = read_metadata(data)
         except (SafetensorError, ValueError, OSError) as exc:
             raise DataError(f"not an adapter state (safetensors expected): {exc}") from None
         if meta.get("fedge.format") != FORMAT_VERSION or "fedge.specs" not in meta:
@@ -89,10 +91,8 @@ class AdapterState(Mapping[str, torch.Tensor]):
         return cls.from_bytes(path.read_bytes())
 
 
-def _read_metadata(data: bytes) -> dict[str, str]:
-    import json
-    import struct
-
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (its header only is parsed)."""
     if len(data) < 8:
         raise ValueError("truncated header")
     (n,) = struct.unpack("<Q", data[:8])
