@@ -11,7 +11,6 @@ Layout of a bundle directory::
 
 from __future__ import annotations
 
-import hashlib
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,13 +56,10 @@ class BundleInfo:
 
 
 def tensor_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """SHA-256 over sorted names, shapes and bytes of a tensor mapping (e.g. an adapter state)."""
-    h = hashlib.sha256()
-    for name, t in sorted(tensors.items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    """SHA-256 over sorted names, dtypes, shapes and bytes of a tensor mapping (e.g. an adapter state)."""
+    from fedge.adapters import tensors_hash
+
+    return tensors_hash(tensors)
 
 
 def build_bundle(

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as st_load
+from safetensors.torch import save_file
 from torch import nn
 
 from fedge.adapters import backbone_hash
@@ -57,8 +58,9 @@ def load_backbone(path: str | Path, arch: str) -> tuple[nn.Module, dict[str, str
     """Load a cached backbone file and verify its recorded content hash."""
     path = Path(path)
     try:
-        state = load_file(str(path))
-        meta = read_metadata(path.read_bytes())
+        data = path.read_bytes()
+        state = st_load(data)
+        meta = read_metadata(data)
     except Exception as exc:
         raise DataError(f"cached backbone {path} is unreadable ({exc}); delete it to pretrain again") from None
     model = create_model(arch, num_classes=10, in_chans=1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedge.adapters import AdapterState
+from fedge.adapters import AdapterState, apply_delta
 from fedge.errors import ValidationError
 from fedge.privacy.ledger import PrivacyLedger
 from fedge.privacy.user_dp import UserDPConfig
@@ -144,5 +144,4 @@ class AdapterDeltaStrategy:
 
 
 def _apply(state: AdapterState, delta: Mapping[str, torch.Tensor]) -> AdapterState:
-    return AdapterState({k: state[k] + delta[k].to(state[k].dtype) for k in state}, state.specs,
-                        state.backbone_hash)
+    return apply_delta(state, state.with_tensors(delta))

@@ -11,6 +11,7 @@ from fedge.adapters.model import (
     merge,
     merge_,
     specs_of,
+    tensors_hash,
     unmerge_,
 )
 from fedge.adapters.spec import KINDS, AdapterSpec, parse_adapter_kinds
@@ -33,5 +34,6 @@ __all__ = [
     "parse_adapter_kinds",
     "specs_of",
     "state_delta",
+    "tensors_hash",
     "unmerge_",
 ]

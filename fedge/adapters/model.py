@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 
 import torch
@@ -20,14 +20,19 @@ _HASH_ATTR = "fedge_backbone_hash"
 _NAMES_ATTR = "fedge_adapter_names"
 
 
-def backbone_hash(model: nn.Module) -> str:
-    """SHA-256 over every state-dict entry's name, dtype, shape and bytes (order-independent)."""
+def tensors_hash(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over every entry's name, dtype, shape and bytes (order-independent)."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(tensors.items()):
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
     return h.hexdigest()
+
+
+def backbone_hash(model: nn.Module) -> str:
+    """Content hash of a model: :func:`tensors_hash` of its state dict."""
+    return tensors_hash(model.state_dict())
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
