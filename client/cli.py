@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fedge.errors import ConfigError, FedgeError
 from fedge.server.security import make_node_keys
-from fedge.server.superlink import flower_bin, flower_env
+from fedge.server.superlink import flower_env
 from fedge.server.task import load_user_data, save_user_data
 
 REFUSED = ("Exit Code: 305", "Failed to activate SuperNode")  # flower-supernode's words (its exit code is 1)
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this device's example-level epsilon budget; training stops past it (0 = none)")
     p.add_argument("--runtime-port", type=int, default=0, help="local SuperNode runtime port (0 = any free)")
     p.add_argument("--max-wait", type=float, default=None, help="give up if the server is unreachable this long")
+    p.add_argument("--poll-interval", type=float, default=3.0,
+                   help="seconds between an idle device's polls of the server (Flower's SuperNode: 3)")
+    p.add_argument("--active-poll-interval", type=float, default=0.2,
+                   help="seconds between polls for two minutes after a message, while a run is in progress")
+    p.add_argument("--cold-start", action="store_true",
+                   help="Flower's default ClientApp start: a new process importing torch for every message "
+                        "(default: warm processes forked from a preloaded forkserver)")
     p.add_argument("--refused-retry", type=float, default=60.0,
                    help="keep retrying this many seconds if the server refuses this node (key not yet registered)")
     return p
@@ -67,7 +74,10 @@ def prepare_data(args: argparse.Namespace) -> Path:
 
 
 def supernode_command(args: argparse.Namespace, data_path: Path, port: int) -> list[str]:
-    cmd = [flower_bin("flower-supernode"), "--superlink", args.server, "--port", str(port),
+    cmd = [sys.executable, "-m", "fedge.client.supernode", "--poll-interval", str(args.poll_interval),
+           "--active-poll-interval", str(args.active_poll_interval),
+           *(["--cold"] if args.cold_start else []), "--",
+           "--superlink", args.server, "--port", str(port),
            "--node-config", f'data-path="{data_path.resolve()}" state-dir="{args.state_dir.resolve()}" '
                             f'epsilon-budget={float(args.epsilon_budget)}']
     if args.insecure:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,72 +19,11 @@ import pytest
 from fedge.privacy.ledger import PrivacyLedger
 
 from .conftest import TINY
+from .procs import free_port as _port
+from .procs import kill_tree, rounds_done, stop, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PY = sys.executable
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (by parent pid, across sessions), children first."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL a process and everything it started (a crash of that machine)."""
-    for pid in [proc.pid, *descendants(proc.pid)]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.wait(timeout=10)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            kill_tree(proc)
-
-
-def rounds_done(state: Path) -> list[int]:
-    path = state / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-    return [m["round"] for m in lines if "round" in m and not m.get("event") and m["round"] > 0]
-
-
-def wait_until(cond, timeout_s: float, what: str, procs: list[subprocess.Popen] = ()) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        for p in procs:
-            if p.poll() is not None:
-                raise AssertionError(f"{what}: process {p.args[:4]} exited with {p.returncode}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
-        time.sleep(1.0)
 
 
 @pytest.mark.timeout(3000)
@@ -111,26 +47,27 @@ def test_fed_server_three_clients_tls_auth_dp_kill_and_resume(fedge_home: Path, 
     def start(name: str, cmd: list[str]) -> subprocess.Popen:
         return subprocess.Popen(cmd, env=env, stdout=open(logs / f"{name}.log", "ab"), stderr=subprocess.STDOUT)
 
-    def client(name: str, user: str) -> subprocess.Popen:
+    def client(name: str, user: str, *extra: str) -> subprocess.Popen:
         return start(name, [PY, "-m", "fedge.client.cli", "--server", f"127.0.0.1:{port}",
                             "--root-cert", str(tmp_path / "certs" / "ca.crt"), "--key", str(tmp_path / "keys" / name),
-                            "--user-id", user, "--num-users", "40", "--state-dir", str(tmp_path / name)])
+                            "--user-id", user, "--num-users", "40", "--state-dir", str(tmp_path / name), *extra])
 
     server = start("server", server_cmd + flags)
     clients: dict[str, subprocess.Popen] = {}
     try:
         wait_until(lambda: (state / "flower-app" / "pyproject.toml").exists(), 120, "the SuperLink", [server])
         clients = {n: client(n, u) for n, u in (("a", "u00001"), ("b", "u00002"), ("c", "u00003"))}
-        intruder = clients["intruder"] = client("intruder", "u00004")
+        # no retry window: a refused node must exit while the server is still up (an unreachable server is
+        # waited for indefinitely, as a device should across a server restart)
+        intruder = clients["intruder"] = client("intruder", "u00004", "--refused-retry", "0")
+        assert intruder.wait(timeout=300) != 0, "a node with an unregistered key must be refused"
+        assert "refused this node" in (logs / "intruder.log").read_text()
+        clients.pop("intruder")
         wait_until(lambda: 1 in rounds_done(state), 900, "round 1", [server])
         kill_tree(clients.pop("c"))  # a device dies during round 2
         wait_until(lambda: 2 in rounds_done(state), 900, "round 2 without client c", [server])
         kill_tree(server)  # the server machine crashes after round 2 committed
         assert rounds_done(state) == [1, 2]
-
-        assert intruder.wait(timeout=300) != 0, "a node with an unregistered key must be refused"
-        assert "refused this node" in (logs / "intruder.log").read_text()
-        clients.pop("intruder")
 
         server = start("server-resumed", server_cmd + ["--resume"])
         assert server.wait(timeout=1200) == 0, (logs / "server-resumed.log").read_text()[-3000:]
