@@ -13,16 +13,27 @@ from typing import Any
 import torch
 
 from fedge.adapters import AdapterState, adapter_state, state_delta
+from fedge.adapters.head import classifier_name
 from fedge.data.base import UserData
 from fedge.errors import DataError
 from fedge.server.task import adapted_model, pretrain_config
 from fedge.train import TrainConfig, evaluate, train
 
 
-def _labels(data: UserData, label_set: str) -> Any:
+def _labels(data: UserData, label_set: str, model: torch.nn.Module) -> Any:
     if label_set not in data.labels:
         raise DataError(f"local data of {data.user_id} has no {label_set!r} labels (has {sorted(data.labels)})")
-    return data.labels[label_set]
+    labels = data.labels[label_set]
+    outputs = classifier_outputs(model)
+    if labels.shape[1] != outputs:
+        raise DataError(f"local data of {data.user_id} has {labels.shape[1]} {label_set!r} labels but the "
+                        f"federation's model has {outputs} outputs; give this device the run's dataset")
+    return labels
+
+
+def classifier_outputs(model: torch.nn.Module) -> int:
+    """Number of outputs of a model's classifier (the adapters' head or the backbone's own)."""
+    return int(getattr(model, classifier_name(model)).out_features)
 
 
 def local_update(global_state: AdapterState, hparams: Mapping[str, Any], data: UserData,
@@ -36,7 +47,7 @@ def local_update(global_state: AdapterState, hparams: Mapping[str, Any], data: U
     """
     t0 = time.perf_counter()
     model = adapted_model(pretrain_config(hparams), global_state.specs, global_state)
-    labels = _labels(data, str(hparams.get("label-set", "fine")))
+    labels = _labels(data, str(hparams.get("label-set", "fine")), model)
     t1 = time.perf_counter()
     cfg = TrainConfig(epochs=float(hparams.get("local-epochs", 1.0)), lr=float(hparams.get("lr", 0.05)),
                       batch_size=int(hparams.get("batch-size", 16)), optimizer=str(hparams.get("optimizer", "sgd")),
@@ -59,5 +70,5 @@ def local_update(global_state: AdapterState, hparams: Mapping[str, Any], data: U
 def local_evaluate(global_state: AdapterState, hparams: Mapping[str, Any], data: UserData) -> dict[str, float]:
     """The task metrics (macro/micro AP) of ``global_state`` on this client's data."""
     model = adapted_model(pretrain_config(hparams), global_state.specs, global_state)
-    out = evaluate(model, data.images, _labels(data, str(hparams.get("label-set", "fine"))), multilabel=True)
+    out = evaluate(model, data.images, _labels(data, str(hparams.get("label-set", "fine")), model), multilabel=True)
     return {"num-examples": float(len(data)), **out}

@@ -30,12 +30,18 @@ class FederationConfig:
     wait_for_clients_s: float = 300.0
     cohort_grace_s: float = 15.0  # after min_clients connected, wait this long for a full cohort
     seed: int = 0
+    # data: the label count and the image shape the model is built for come from it (fedge.server.task)
+    dataset: str = "flair-style"  # "flair": the real FLAIR HDF5 file at flair_path
+    flair_path: str = ""
+    image_size: int = 0  # FLAIR: resize images to image_size x image_size (0 = the file's own size)
+    public_users: int = 0  # FLAIR: training users held out of the federation to pretrain the backbone on
     # model and adapters
     arch: str = "resnet_gn_small"
     adapter: str = "film"
     label_set: str = "fine"
     pretrain_images: int = _PRETRAIN.num_images  # the backbone: fedge.pretrain's defaults unless overridden
     pretrain_epochs: float = _PRETRAIN.epochs
+    pretrained_path: str = ""  # a local torchvision/timm checkpoint the backbone starts from (nothing downloads)
     # local training (each client)
     local_epochs: float = 1.0
     lr: float = 0.05
@@ -72,10 +78,13 @@ class FederationConfig:
             raise ConfigError("user_clip must be > 0 with user-level DP")
         if self.label_set not in ("fine", "coarse"):
             raise ConfigError(f"label_set must be 'fine' or 'coarse', got {self.label_set!r}")
-
-    @property
-    def num_classes(self) -> int:
-        return 10 if self.label_set == "fine" else 4
+        if self.dataset not in ("flair-style", "flair"):
+            raise ConfigError(f"dataset must be 'flair-style' or 'flair', got {self.dataset!r}")
+        if self.dataset == "flair" and not self.flair_path:
+            raise ConfigError("dataset 'flair' needs flair_path, the FLAIR HDF5 file (see docs/flair.md)")
+        if self.dataset == "flair" and self.public_users <= 0 and not self.pretrained_path:
+            raise ConfigError("dataset 'flair' needs a backbone: set public_users > 0 (pretrain on FLAIR training "
+                              "users kept out of the federation) and/or pretrained_path (a local checkpoint)")
 
     def to_run_config(self) -> dict[str, Any]:
         """Flat ``key-with-dashes -> scalar`` mapping (Flower run config)."""

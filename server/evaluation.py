@@ -1,4 +1,8 @@
-"""Server-side evaluation on a held-out population, and aggregation of clients' evaluation replies."""
+"""Server-side evaluation on a held-out population, and aggregation of clients' evaluation replies.
+
+The held-out users are the ``val`` population of the run's dataset (FLAIR-style or the real FLAIR file),
+never trained on by the federation or used for pretraining; metrics are FLAIR's macro/micro average precision.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +14,10 @@ from torch import nn
 
 from fedge.adapters import AdapterState, load_adapter_state
 from fedge.data.base import UserData
-from fedge.data.flair_style import FlairStyleDataset
+from fedge.data.source import pooled
 from fedge.server.config import FederationConfig
 from fedge.server.protocol import METRICS
-from fedge.server.task import adapted_model, initial_state, pretrain_config, specs_for
+from fedge.server.task import adapted_model, initial_state, specs_for, task_for
 from fedge.train import evaluate
 
 
@@ -22,35 +26,39 @@ class ServerEvaluator:
 
     def __init__(self, cfg: FederationConfig) -> None:
         self.cfg = cfg
-        self.pretrain = pretrain_config({k.replace("_", "-"): v for k, v in vars(cfg).items()})
-        self.specs = specs_for(cfg.adapter, cfg.num_classes)
+        self.task = task_for(cfg)
+        self.pretrain = self.task.pretrain
+        self.specs = specs_for(cfg.adapter, self.task.num_classes)
         self._model: nn.Module | None = None
         self._data: UserData | None = None
+        self._data_loaded = False
 
     def initial_state(self) -> AdapterState:
         return initial_state(self.pretrain, self.specs, seed=self.cfg.seed)
 
-    def _ensure(self) -> None:
+    def _built(self) -> nn.Module:
         if self._model is None:
             self._model = adapted_model(self.pretrain, self.specs, seed=self.cfg.seed)
-        if self._data is None and self.cfg.eval_users > 0:
-            ds = FlairStyleDataset(num_users=self.cfg.num_users, seed=self.cfg.data_seed)
-            self._data = ds.pooled("val", self.cfg.eval_users)
+        return self._model
+
+    def _held_out(self) -> UserData | None:
+        if not self._data_loaded:
+            self._data = pooled(self.task.source, "val", self.cfg.eval_users) if self.cfg.eval_users > 0 else None
+            self._data_loaded = True
+        return self._data
 
     def evaluate(self, state: AdapterState) -> dict[str, float]:
         """Macro/micro AP of the backbone with ``state`` on the held-out users' ``label_set`` labels."""
-        if self.cfg.eval_users <= 0:
+        data = self._held_out()
+        if data is None:
             return {}
-        self._ensure()
-        assert self._model is not None and self._data is not None
-        load_adapter_state(self._model, state)
-        return evaluate(self._model, self._data.images, self._data.labels[self.cfg.label_set], multilabel=True)
+        model = self._built()
+        load_adapter_state(model, state)
+        return evaluate(model, data.images, data.labels[self.cfg.label_set], multilabel=True)
 
     def full_model_bytes(self) -> int:
         """Bytes of the whole model (backbone + adapters) in float32: what full fine-tuning would send."""
-        self._ensure()
-        assert self._model is not None
-        return int(sum(t.numel() * t.element_size() for t in self._model.state_dict().values()))
+        return int(sum(t.numel() * t.element_size() for t in self._built().state_dict().values()))
 
 
 def aggregate_client_metrics(replies: Iterable[Message]) -> dict[str, float]:

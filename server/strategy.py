@@ -24,6 +24,7 @@ from fedge.privacy.user_dp import UserDPConfig
 from fedge.server import dp
 from fedge.server.config import FederationConfig
 from fedge.server.protocol import ClientUpdate
+from fedge.server.task import pretrain_hparams, task_for
 from fedge.server.validation import ValidationLimits, delta_norm, validate_update
 
 log = logging.getLogger("fedge.server")
@@ -86,6 +87,7 @@ class AdapterDeltaStrategy:
             "client-dp": c.client_dp, "noise-multiplier": c.client_noise_multiplier,
             "max-grad-norm": c.client_max_grad_norm, "target-delta": c.client_delta,
             "seed": c.seed * 100_003 + round_num,
+            **pretrain_hparams(task_for(c).pretrain),  # the backbone's input and classifier size (real FLAIR)
         }
 
     def screen(self, updates: Iterable[ClientUpdate | Rejection], global_state: AdapterState

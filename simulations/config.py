@@ -12,6 +12,11 @@ A TOML config has two tables::
 
 ``user_epsilon`` (target user-level epsilon) calibrates ``federation.user_noise_multiplier`` with
 ``fedge.privacy`` for the run's rounds, cohort rate and ``user_delta``; ``inf`` turns user-level noise off.
+
+The dataset settings can also be named ``dataset.KEY`` (``--set dataset.flair_path=FILE``): ``dataset``,
+``flair_path``, ``num_users`` and ``data_seed`` live in ``[simulation]`` (and are copied into the
+federation's config, which the server evaluates with), ``image_size``, ``public_users`` and
+``pretrained_path`` in ``[federation]``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ DATASETS = ("flair-style", "flair")
 BACKENDS = ("ray", "inprocess")
 #: fraction of a FLAIR-style population that is in ``train`` (FlairStyleDataset's default split)
 TRAIN_FRACTION = 0.8
+#: ``dataset.KEY`` -> the table that holds KEY
+DATASET_KEYS = {"dataset": "simulation", "flair_path": "simulation", "num_users": "simulation",
+                "data_seed": "simulation", "image_size": "federation", "public_users": "federation",
+                "pretrained_path": "federation"}
 
 
 @dataclass(frozen=True)
@@ -123,11 +132,23 @@ def _coerce(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _dataset_table(data: dict[str, Any]) -> dict[str, Any]:
+    """Move a ``[dataset]`` table's keys to the tables that hold them."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for key, value in dict(data.pop("dataset", {})).items():
+        name = key.replace("-", "_")
+        if name not in DATASET_KEYS:
+            raise ConfigError(f"unknown setting {key!r} in [dataset]; known: {', '.join(sorted(DATASET_KEYS))}")
+        data.setdefault(DATASET_KEYS[name], {})[name] = value
+    return data
+
+
 def from_mapping(data: dict[str, Any]) -> SimConfig:
-    """Build a SimConfig from ``{"simulation": {...}, "federation": {...}}`` (TOML layout)."""
+    """Build a SimConfig from ``{"simulation": {...}, "federation": {...}}`` (TOML layout; ``dataset`` too)."""
+    data = _dataset_table(data)
     unknown = set(data) - {"simulation", "federation"}
     if unknown:
-        raise ConfigError(f"unknown TOML tables {sorted(unknown)}; use [simulation] and [federation]")
+        raise ConfigError(f"unknown TOML tables {sorted(unknown)}; use [simulation], [federation] and [dataset]")
     sim = _coerce(SimConfig, _fields_of(SimConfig, dict(data.get("simulation", {})), "simulation"))
     fed = _coerce(FederationConfig, _fields_of(FederationConfig, dict(data.get("federation", {})), "federation"))
     return SimConfig(**sim, federation=FederationConfig(**fed))
@@ -147,12 +168,13 @@ def load_config(name_or_path: str, overrides: dict[str, Any] | None = None) -> S
             sim_names = {f.name for f in fields(SimConfig)}
             table = "simulation" if name.replace("-", "_") in sim_names else "federation"
         data.setdefault(table, {})[name.replace("-", "_")] = value
-    return from_mapping(data)
+    return from_mapping(_dataset_table(data))
 
 
 def resolve(cfg: SimConfig, population: int) -> SimConfig:
     """Fill the federation's population-dependent settings and calibrate user-level noise."""
     fed = replace(cfg.federation, population_size=population, num_users=cfg.num_users, data_seed=cfg.data_seed,
+                  dataset=cfg.dataset, flair_path=cfg.flair_path,
                   min_clients=min(cfg.federation.min_clients, cfg.federation.cohort_size))
     if cfg.federation.cohort_size > population:
         raise ConfigError(f"cohort_size {cfg.federation.cohort_size} exceeds the {population} training users")

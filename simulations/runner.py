@@ -32,8 +32,10 @@ log = logging.getLogger("fedge.simulations")
 
 
 def data_spec(cfg: SimConfig, run_dir: Path) -> DataSpec:
+    fed = cfg.federation
     return DataSpec(dataset=cfg.dataset, num_users=cfg.num_users, seed=cfg.data_seed, flair_path=cfg.flair_path,
-                    label_set=cfg.federation.label_set, run_dir=str(run_dir.resolve()))
+                    image_size=fed.image_size, public_users=fed.public_users, label_set=fed.label_set,
+                    run_dir=str(run_dir.resolve()))
 
 
 def prepare(cfg: SimConfig, run_dir: str | Path) -> tuple[SimConfig, DataSpec, int]:
@@ -46,11 +48,25 @@ def prepare(cfg: SimConfig, run_dir: str | Path) -> tuple[SimConfig, DataSpec, i
     if saved.is_file():
         old = json.loads(saved.read_text())
         new = json.loads(json.dumps(cfg.to_dict(), default=str))
-        if old != new:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = config_diff(old, new)
+        if diff:
             raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(diff)}); "
                               f"pass another --run-dir, or --fresh to start it over")
     return cfg, spec, population
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Settings that differ between a saved and a new resolved config; a setting the saved config predates
+    counts as equal when the new one holds its default (runs made before it existed resume)."""
+    defaults = json.loads(json.dumps(SimConfig().to_dict(), default=str))
+    out = []
+    for k in sorted(set(old) | set(new)):
+        if isinstance(old.get(k), dict) and isinstance(new.get(k), dict):
+            sub = {n: v for n, v in new[k].items() if n in old[k] or v != defaults.get(k, {}).get(n)}
+            out += [f"{k}.{n}" for n in sorted(set(old[k]) | set(sub)) if old[k].get(n) != sub.get(n)]
+        elif old.get(k) != new.get(k) and (k in old or new.get(k) != defaults.get(k)):
+            out.append(k)
+    return out
 
 
 def _rounds(store: RunStore) -> list[dict[str, Any]]:
@@ -83,21 +99,21 @@ def _progress_thread(store: RunStore, total: int, stop: threading.Event, enabled
 def evaluate_rounds(cfg: SimConfig, spec: DataSpec, store: RunStore) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Zero-adaptation baseline and the test AP of every ``eval_every``-th saved global state (cached)."""
     from fedge.adapters import AdapterState, load_adapter_state
-    from fedge.server.task import adapted_model, load_backbone, pretrain_config
+    from fedge.server.task import adapted_model, load_backbone, task_for
     from fedge.train import evaluate
 
     fed = cfg.federation
     test = pooled(spec, "test", cfg.test_users) if cfg.test_users > 0 else None
     if test is None:
         return {}, []
-    hp = {k.replace("_", "-"): v for k, v in vars(fed).items()}
+    task = task_for(fed)
     labels = test.labels[fed.label_set]
     cache = store.dir / "test-metrics.jsonl"
     done = {r["round"]: r for r in map(json.loads, cache.read_text().splitlines())} if cache.is_file() else {}
     if -1 not in done:
-        # the backbone's own classifier predicts the 10 fine labels: no baseline for other label sets
-        backbone = load_backbone(pretrain_config(hp))
-        fits = fed.label_set == "fine" and labels.shape[1] == 10
+        # the no-adaptation baseline needs a backbone whose own classifier was trained on this label set
+        backbone = load_backbone(task.pretrain)
+        fits = task.classifier_fits and labels.shape[1] == task.num_classes
         base = evaluate(backbone, test.images, labels, multilabel=True) if fits else {}
         done[-1] = {"round": -1, "baseline": True, **base}
     wanted = sorted({r for r in range(0, fed.rounds + 1) if r % max(1, cfg.eval_every) == 0} | {fed.rounds})
@@ -108,7 +124,7 @@ def evaluate_rounds(cfg: SimConfig, spec: DataSpec, store: RunStore) -> tuple[di
             continue
         state = AdapterState.load(path)
         if model is None:
-            model = adapted_model(pretrain_config(hp), state.specs, state)
+            model = adapted_model(task.pretrain, state.specs, state)
         load_adapter_state(model, state)
         done[r] = {"round": r, **evaluate(model, test.images, labels, multilabel=True)}
     cache.write_text("".join(json.dumps(done[r], sort_keys=True) + "\n" for r in sorted(done)))
@@ -120,6 +136,7 @@ def summarize(cfg: SimConfig, spec: DataSpec, store: RunStore, population: int, 
     """summary.json: the resolved setting, final/best test AP vs the baseline, epsilon, speed."""
     from fedge.privacy.ledger import PrivacyLedger
     from fedge.server import dp
+    from fedge.server.task import task_for
 
     fed = cfg.federation
     rounds = _rounds(store)
@@ -132,7 +149,7 @@ def summarize(cfg: SimConfig, spec: DataSpec, store: RunStore, population: int, 
     train_s = sum(r.get("train_phase_s", 0.0) for r in rounds)
     return {
         "name": cfg.name, "dataset": cfg.dataset, "backend": cfg.backend, "adapter": fed.adapter,
-        "label_set": fed.label_set, "population": population, "data": describe(spec),
+        "label_set": fed.label_set, "num_classes": task_for(fed).num_classes, "population": population, "data": describe(spec),
         "cohort_size": fed.cohort_size, "rounds_done": len(rounds), "rounds": fed.rounds,
         "user_dp": fed.user_dp, "user_noise_multiplier": fed.user_noise_multiplier, "user_clip": fed.user_clip,
         "user_delta": fed.user_delta, "user_epsilon_target": cfg.user_epsilon, "user_epsilon": eps,
@@ -152,7 +169,7 @@ def run(cfg: SimConfig, run_dir: str | Path, progress: bool = True, fresh: bool 
     """Run (or resume) ``cfg`` in ``run_dir``; returns the summary (also written to ``summary.json``)."""
     import shutil
 
-    from fedge.server.task import load_backbone, pretrain_config
+    from fedge.server.task import load_backbone, task_for
     from fedge.simulations import engine
     from fedge.simulations.plots import plot_run
 
@@ -165,7 +182,7 @@ def run(cfg: SimConfig, run_dir: str | Path, progress: bool = True, fresh: bool 
     cfg.save(run_dir / "sim-config.json")
     store = RunStore(run_dir)
     # The backbone is pretrained (or loaded) once here, before any worker could race to pretrain it.
-    load_backbone(pretrain_config({k.replace("_", "-"): v for k, v in vars(fed).items()}), progress=progress)
+    load_backbone(task_for(fed).pretrain, progress=progress)
     run_config = {**fed.to_run_config(), "state-dir": str(run_dir.resolve())}
     for name in ("fedge.server", "flwr"):
         logging.getLogger(name).setLevel(logging.WARNING)

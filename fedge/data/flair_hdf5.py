@@ -281,11 +281,13 @@ def write_tiny_flair_hdf5(
     users: dict[str, tuple[str, int]] | None = None,
     image_hw: int = 8,
     seed: int = 0,
+    vocabulary: dict[str, str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Write a tiny FLAIR file in ``layout`` with the real writers' keys and dtypes (test/demo fixture).
 
-    ``users`` maps user id -> (partition, number of images). Returns, per user, the ground truth:
-    ``partition``, ``images`` (uint8 NHWC) and ``coarse``/``fine`` (a list of label lists per image).
+    ``users`` maps user id -> (partition, number of images); ``vocabulary`` maps fine label -> coarse label
+    (default: 8 fine / 5 coarse). Returns, per user, the ground truth: ``partition``, ``images`` (uint8
+    NHWC) and ``coarse``/``fine`` (a list of label lists per image).
     """
     if layout not in _USER_KEYS:
         raise DataError(f"unknown FLAIR layout {layout!r}; choose {LAYOUT_PFL!r} or {LAYOUT_ML_FLAIR!r}")
@@ -293,13 +295,14 @@ def write_tiny_flair_hdf5(
     users = users or {"10001@N01": ("train", 3), "10002@N02": ("train", 1), "20001@N03": ("val", 2),
                       "30001@N04": ("test", 2)}  # fmt: skip
     rng = np.random.default_rng(seed)
-    fine_vocab = list(_TINY_FINE_TO_COARSE)
+    fine_to_coarse = vocabulary or _TINY_FINE_TO_COARSE
+    fine_vocab = list(fine_to_coarse)
     truth: dict[str, dict[str, Any]] = {}
     for uid, (partition, n) in users.items():
         # 0 to 3 fine labels per image (FLAIR has unlabelled and multi-label images); coarse follow.
         sizes = rng.choice(4, size=n, p=[0.15, 0.35, 0.3, 0.2])
         fine = [sorted(str(f) for f in rng.choice(fine_vocab, size=k, replace=False)) for k in sizes]
-        coarse = [sorted({_TINY_FINE_TO_COARSE[f] for f in fs}) for fs in fine]
+        coarse = [sorted({fine_to_coarse[f] for f in fs}) for fs in fine]
         images = rng.integers(0, 256, size=(n, image_hw, image_hw, 3), dtype=np.uint8)
         truth[uid] = {"partition": partition, "images": images, "coarse": coarse, "fine": fine}
     stems = {"coarse": "labels", "fine": "fine_grained_labels"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -26,11 +27,21 @@ def create_model(name: str = DEFAULT_ARCH, **kwargs: object) -> nn.Module:
     return REGISTRY[name](**kwargs)
 
 
+def create_backbone(name: str, num_classes: int, in_chans: int, image_size: int) -> nn.Module:
+    """A zoo model for ``in_chans x image_size x image_size`` inputs (the size matters only to models that
+    need it, such as the ViT's position embeddings; the ResNets pool globally)."""
+    kwargs: dict[str, object] = {"num_classes": num_classes, "in_chans": in_chans}
+    if name in REGISTRY and "img_size" in inspect.signature(REGISTRY[name]).parameters:
+        kwargs["img_size"] = image_size
+    return create_model(name, **kwargs)
+
+
 __all__ = [
     "DEFAULT_ARCH",
     "REGISTRY",
     "ResNetGN",
     "VisionTransformer",
+    "create_backbone",
     "create_model",
     "load_pretrained",
     "read_state_dict",

@@ -35,3 +35,9 @@ def test_corrupt_cache_is_reported() -> None:
     path.write_bytes(b"garbage")
     with pytest.raises(DataError, match="unreadable"):
         load_or_pretrain_backbone(TINY, progress=False)
+
+
+def test_default_keys_predate_the_flair_fields() -> None:
+    """Fields added for real FLAIR enter the key only when set: FLAIR-style backbones keep their cache file."""
+    assert PretrainConfig().key() == "2dd4cf3cc44d4373"
+    assert PretrainConfig(in_chans=3).key() != PretrainConfig().key()

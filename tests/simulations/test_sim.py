@@ -1,4 +1,4 @@
-"""fed-sim end to end on tiny settings: determinism, epsilon vs the accountant, FLAIR HDF5, resume, CLI."""
+"""fed-sim end to end on tiny settings: determinism, epsilon vs the accountant, resume, CLI (FLAIR: test_flair.py)."""
 
 from __future__ import annotations
 
@@ -67,23 +67,6 @@ def test_user_dp_epsilon_matches_accountant(tmp_path: Path) -> None:
     assert s["user_epsilon"] == pytest.approx(expected, rel=1e-9)
     assert s["user_epsilon"] <= 4.0 + 0.05
     assert _round_lines(tmp_path / "dp")[-1]["user_eps"] == pytest.approx(expected, rel=1e-9)
-
-
-def test_flair_hdf5_runs_one_round(tmp_path: Path) -> None:
-    from fedge.data.flair_hdf5 import write_tiny_flair_hdf5
-
-    path = tmp_path / "flair.hdf5"
-    users = {f"1000{i}@N0{i}": ("train", 3 + i) for i in range(4)}
-    users.update({"20001@N05": ("val", 2), "30001@N06": ("test", 4), "30002@N07": ("test", 3)})
-    write_tiny_flair_hdf5(path, users=users, image_hw=16)
-    cfg = load_config("flair", tiny(simulation__flair_path=str(path), federation__rounds=1,
-                                    federation__cohort_size=2, federation__min_clients=1, federation__label_set="fine",
-                                    federation__eval_users=1, simulation__user_epsilon=math.inf))
-    s = run(cfg, tmp_path / "flair-run", progress=False)
-    assert s["dataset"] == "flair" and s["population"] == 4 and s["rounds_done"] == 1
-    line = _round_lines(tmp_path / "flair-run")[-1]
-    assert line["clients"] == 2 and line["rejected"] == [] and line["num_examples"] > 0
-    assert "macro_ap" in s["final_test"]
 
 
 def test_resume_and_config_mismatch(tmp_path: Path) -> None:
