@@ -131,7 +131,7 @@ def run_ray(run_config: dict[str, Any], spec: DataSpec, num_nodes: int, num_cpus
 
 
 class InProcessGrid:
-    """A Grid whose virtual nodes answer in this process through the simulation ClientApp's handlers."""
+    """A Grid whose virtual nodes answer in this process through :mod:`fedge.client.app`'s handlers."""
 
     def __init__(self, spec: DataSpec, num_nodes: int) -> None:
         from flwr.supercore.task_identity import TaskIdentity
@@ -144,11 +144,12 @@ class InProcessGrid:
         return [NODE_BASE + i for i in range(self.num_nodes)]
 
     def _answer(self, msg: Message) -> Message:
-        from fedge.simulations.client_app import handle_evaluate, handle_train
+        from fedge.client.app import handle_evaluate, handle_train
+        from fedge.simulations.client_app import simulated_device
 
-        pid = int(msg.metadata.dst_node_id) - NODE_BASE
+        device = simulated_device(self.spec, int(msg.metadata.dst_node_id) - NODE_BASE)
         handler = handle_train if msg.metadata.message_type == "train" else handle_evaluate
-        return handler(msg, self.spec, pid)
+        return handler(msg, device)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         """Answer every message now; the replies wait for :meth:`pull_messages`."""
