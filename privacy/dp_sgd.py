@@ -26,7 +26,7 @@ from opacus.grad_sample import GradSampleModule
 from opacus.grad_sample.gsm_base import AbstractGradSampleModule
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fedge.errors import ConfigError
 from fedge.privacy.accountants import PrivacyReport, calibrate_noise
@@ -140,11 +140,55 @@ def unwrap(model: nn.Module) -> nn.Module:
     """Return the plain module, removing Opacus hooks and per-sample attributes if it was wrapped."""
     while isinstance(model, AbstractGradSampleModule):
         model = model.to_standard_module()
+    _grad_sample_only(model, False)
     for p in model.parameters():
         for attr in ("grad_sample", "_forward_counter", "_current_grad_sample", "_norm_sample"):
             if hasattr(p, attr):
                 delattr(p, attr)
     return model
+
+
+def _grad_sample_only(model: nn.Module, on: bool) -> None:
+    """Let FiLM layers skip the batch-summed gradient that Opacus' DP optimizer overwrites anyway."""
+    from fedge.adapters.film import FiLM
+
+    for m in model.modules():
+        if isinstance(m, FiLM):
+            m.grad_sample_only = on
+
+
+class _TensorBatches(Dataset[tuple[torch.Tensor, ...]]):
+    """A ``TensorDataset`` that serves a whole sampled batch with one indexing op per tensor.
+
+    ``DataLoader`` calls ``__getitems__`` with the batch's indices; the default path indexes and then
+    stacks each example (tens of microseconds each), which is most of a small adapter's step otherwise.
+    The collate function then receives ``[batch]`` (or ``[]`` for an empty Poisson draw, which Opacus fills in).
+    """
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.tensors = data.tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, ...]:
+        return tuple(t[i] for t in self.tensors)
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, ...]]:
+        if not indices:
+            return []
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return [tuple(t[index] for t in self.tensors)]
+
+
+def _first(batch: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    return batch[0]
+
+
+def _loader(dataset: Dataset, batch_size: int, gen: torch.Generator | None) -> DataLoader:
+    if type(dataset) is TensorDataset:
+        return DataLoader(_TensorBatches(dataset), batch_size=batch_size, generator=gen, collate_fn=_first)
+    return DataLoader(dataset, batch_size=batch_size, generator=gen)
 
 
 def _empty_batch(params: list[nn.Parameter], mode: str) -> None:
@@ -211,7 +255,7 @@ def train_dp_sgd(
     criterion = PerSampleLoss(loss_fn if loss_fn is not None else nn.CrossEntropyLoss())
     optimizer = torch.optim.SGD(trainable, lr=config.lr, momentum=config.momentum)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
-    loader = DataLoader(dataset, batch_size=config.batch_size, generator=gen)
+    loader = _loader(dataset, config.batch_size, gen)
     with warnings.catch_warnings():
         # torchcsprng is not available: noise comes from torch's PRNG (see docs/privacy.md).
         warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
@@ -229,6 +273,7 @@ def train_dp_sgd(
         (dp_model, dp_opt, dp_loader), dp_crit = parts, criterion
     losses: list[float] = []
     try:
+        _grad_sample_only(model, mode == "hooks")
         with warnings.catch_warnings(), BatchMemoryManager(
             data_loader=dp_loader, max_physical_batch_size=config.max_physical_batch_size, optimizer=dp_opt
         ) as mem_loader:

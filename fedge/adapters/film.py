@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from opacus.grad_sample import register_grad_sampler
 from torch import nn
@@ -15,13 +17,20 @@ NORM_CHANNEL_DIM: dict[type[nn.Module], int] = {nn.GroupNorm: 1, nn.LayerNorm: -
 
 
 class FiLM(nn.Module):
-    """Per-channel affine modulation; ``channel_dim`` is 1 for NCHW maps and -1 for tokens."""
+    """Per-channel affine modulation; ``channel_dim`` is 1 for NCHW maps and -1 for tokens.
+
+    ``grad_sample_only`` is set by ``fedge.privacy`` while Opacus' hooks take per-sample gradients of this
+    layer: backward then skips the batch-summed gradient of ``scale`` and ``shift`` (Opacus' DP optimizer
+    replaces ``.grad`` with the clipped, noised sum of ``.grad_sample``), which is two of FiLM's three
+    full-size backward passes.
+    """
 
     def __init__(self, num_channels: int, channel_dim: int = 1) -> None:
         super().__init__()
         self.channel_dim = channel_dim
         self.scale = nn.Parameter(torch.ones(num_channels))
         self.shift = nn.Parameter(torch.zeros(num_channels))
+        self.grad_sample_only = False
 
     def _view(self, p: torch.Tensor, ndim: int) -> torch.Tensor:
         if self.channel_dim == -1:
@@ -31,7 +40,42 @@ class FiLM(nn.Module):
         return p.view(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self._view(self.scale, x.dim()) + self._view(self.shift, x.dim())
+        scale, shift = self._view(self.scale, x.dim()), self._view(self.shift, x.dim())
+        if self.grad_sample_only and torch.is_grad_enabled():
+            return _InputGradOnly.apply(x, scale, shift)  # type: ignore[no-any-return]
+        return x * scale + shift
+
+
+class _InputGradOnly(torch.autograd.Function):
+    """``x * scale + shift`` whose backward returns the input gradient only (see ``FiLM.grad_sample_only``)."""
+
+    @staticmethod
+    def forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        return x * scale + shift
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (scale,) = ctx.saved_tensors
+        return (grad * scale if ctx.needs_input_grad[0] else None), None, None
+
+
+def per_sample_sums(x: torch.Tensor, g: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sum g * x, sum g)`` over every dim but batch and channel, as ``[batch, channels]``.
+
+    One fused multiply-reduce (``vecdot``) instead of ``(x * g).sum(...)``, which writes a full-size temporary.
+    """
+    cdim = channel_dim % x.dim()
+    if x.dim() == 2:
+        return x * g, g
+    if cdim == 1:  # N, C, *spatial
+        xf, gf = x.flatten(2), g.flatten(2)
+        return torch.linalg.vecdot(gf, xf), gf.sum(-1)
+    xf, gf = x.flatten(1, -2), g.flatten(1, -2)  # N, *tokens, C
+    return torch.linalg.vecdot(gf, xf, dim=1), gf.sum(1)
 
 
 @register_grad_sampler(FiLM)
@@ -39,14 +83,12 @@ def _film_grad_sample(
     layer: FiLM, activations: list[torch.Tensor], backprops: torch.Tensor
 ) -> dict[nn.Parameter, torch.Tensor]:
     """Per-sample gradients for Opacus: sum over every dim but batch and channel."""
-    x = activations[0]
-    cdim = layer.channel_dim % x.dim()
-    dims = [d for d in range(1, x.dim()) if d != cdim]
+    d_scale, d_shift = per_sample_sums(activations[0], backprops, layer.channel_dim)
     grads: dict[nn.Parameter, torch.Tensor] = {}
     if layer.scale.requires_grad:
-        grads[layer.scale] = (x * backprops).sum(dim=dims) if dims else x * backprops
+        grads[layer.scale] = d_scale
     if layer.shift.requires_grad:
-        grads[layer.shift] = backprops.sum(dim=dims) if dims else backprops
+        grads[layer.shift] = d_shift
     return grads
 
 

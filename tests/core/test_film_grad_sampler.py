@@ -7,6 +7,7 @@ import torch
 from opacus import GradSampleModule
 
 from fedge.adapters import adapter_parameters, inject, parse_adapter_kinds
+from fedge.adapters.film import FiLM, per_sample_sums
 from fedge.models import create_model
 
 
@@ -36,4 +37,67 @@ def test_per_sample_gradients_match_autograd(arch: str, kinds: str) -> None:
         assert per_sample.shape == (len(x), *p.shape)
         for i in range(len(x)):
             torch.testing.assert_close(per_sample[i], expected[i][j], rtol=1e-4, atol=1e-5)
+    gsm._close()
+
+
+@pytest.mark.parametrize("shape,channel_dim", [((4, 3, 5, 6), 1), ((4, 7, 3), -1), ((4, 3), 1)])
+def test_per_sample_sums_match_per_example_autograd(shape: tuple[int, ...], channel_dim: int) -> None:
+    """The fused multiply-reduce equals one backward pass per example through ``x * scale + shift``."""
+    torch.manual_seed(1)
+    film = FiLM(shape[channel_dim], channel_dim)
+    x, g = torch.randn(shape), torch.randn(shape)
+    d_scale, d_shift = per_sample_sums(x, g, channel_dim)
+    for i in range(shape[0]):
+        film.zero_grad()
+        (film(x[i : i + 1]) * g[i : i + 1]).sum().backward()
+        torch.testing.assert_close(d_scale[i], film.scale.grad, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(d_shift[i], film.shift.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_sample_only_keeps_input_grad_and_skips_summed_grad() -> None:
+    torch.manual_seed(2)
+    film = FiLM(3)
+    with torch.no_grad():
+        film.scale.mul_(1.5)
+    x = torch.randn(4, 3, 5, 5, requires_grad=True)
+    film(x).square().sum().backward()
+    expected = x.grad.clone()
+    x.grad = None
+    film.zero_grad(set_to_none=True)
+    film.grad_sample_only = True
+    out = film(x)
+    torch.testing.assert_close(out, x * film.scale.view(1, -1, 1, 1) + film.shift.view(1, -1, 1, 1))
+    out.square().sum().backward()
+    torch.testing.assert_close(x.grad, expected)  # bit-for-bit the same math
+    assert film.scale.grad is None and film.shift.grad is None  # Opacus' optimizer fills .grad from .grad_sample
+    with torch.no_grad():
+        assert not film(x).requires_grad  # no graph under no_grad
+
+
+@pytest.mark.parametrize("arch", ["resnet_gn_small", "vit_tiny"])
+def test_grad_sample_only_under_opacus_matches_autograd(arch: str) -> None:
+    """With ``grad_sample_only`` (fedge.privacy's hooks mode) Opacus' per-sample gradients are unchanged."""
+    torch.manual_seed(0)
+    model = create_model(arch, num_classes=10, in_chans=1)
+    inject(model, parse_adapter_kinds("film+head", 10, multilabel=True))
+    with torch.no_grad():
+        for p in adapter_parameters(model):
+            p.add_(0.05 * torch.randn_like(p))
+    x, y = torch.rand(4, 1, 32, 32), (torch.rand(4, 10) < 0.3).float()
+    lossf = torch.nn.BCEWithLogitsLoss(reduction="sum")
+    expected = []
+    for i in range(len(x)):
+        model.zero_grad()
+        lossf(model(x[i : i + 1]), y[i : i + 1]).backward()
+        expected.append([p.grad.detach().clone() for p in adapter_parameters(model)])
+    model.zero_grad(set_to_none=True)
+    films = [m for m in model.modules() if isinstance(m, FiLM)]
+    for m in films:
+        m.grad_sample_only = True
+    gsm = GradSampleModule(model, loss_reduction="sum")
+    lossf(gsm(x), y).backward()
+    for j, p in enumerate(adapter_parameters(model)):
+        for i in range(len(x)):
+            torch.testing.assert_close(p.grad_sample[i], expected[i][j], rtol=1e-4, atol=1e-5)
+    assert all(m.scale.grad is None for m in films)
     gsm._close()
