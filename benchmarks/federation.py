@@ -6,7 +6,10 @@ process start, Flower's polling, serialisation, TLS, validation); bytes of the a
 the full model's bytes. Prints one JSON object whose last key is ``headline``.
 
     python benchmarks/federation.py            # default task: pretrained backbone, 3 clients, 3 rounds
-    python benchmarks/federation.py --quick    # tiny backbone, 2 clients, 1 round (smoke check)
+    python benchmarks/federation.py --quick    # tiny backbone, 2 clients, 2 rounds (smoke check)
+
+Both fed-client modes run in one invocation, one after the other: ``warm`` (fedge's default) and ``cold``
+(Flower's own ClientApp start-up and poll interval), so their ratio is measured under the same conditions.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ def _port() -> int:
 
 
 def run_deployment(work: Path, clients: int, rounds: int, server_flags: list[str], env: dict[str, str],
-                   timeout_s: float) -> tuple[list[dict[str, Any]], float]:
+                   timeout_s: float, client_flags: tuple[str, ...] = ()) -> tuple[list[dict[str, Any]], float]:
     """Run fed-server + ``clients`` fed-clients to completion; returns (metrics lines, total wall seconds)."""
     from fedge.server.security import make_certificates, make_node_keys  # what `fed-server certs` / keygen do
 
@@ -60,7 +63,7 @@ def run_deployment(work: Path, clients: int, rounds: int, server_flags: list[str
             procs.append(subprocess.Popen(
                 [PY, "-m", "fedge.client.cli", "--server", f"127.0.0.1:{port}", "--root-cert",
                  str(work / "certs" / "ca.crt"), "--key", str(work / "keys" / n), "--user-id", f"u{i + 1:05d}",
-                 "--state-dir", str(work / n)], env=env, stdout=open(work / f"{n}.log", "wb"),
+                 "--state-dir", str(work / n), *client_flags], env=env, stdout=open(work / f"{n}.log", "wb"),
                 stderr=subprocess.STDOUT))
         code = server.wait(timeout=timeout_s)
         if code != 0:
@@ -101,7 +104,7 @@ def summarize(rounds: list[dict[str, Any]], goal_overhead: float, goal_bytes: fl
         "overhead_fraction_steady": round(overhead, 4),
         "client_compute_s_steady": round(statistics.mean(r["client_compute_s"] for r in steady), 3),
         "overhead_s_steady": round(statistics.mean(r["overhead_s"] for r in steady), 3),
-        "overhead_breakdown_note": "delivery_s = server send -> ClientApp handler start (SuperNode's 3 s poll, "
+        "overhead_breakdown_note": "delivery_s = server send -> ClientApp handler start (SuperNode poll wait, "
                                    "ClientApp process start and imports, included); clientapp_process_startup_s "
                                    "is the part spent starting that process",
         "adapter_update_bytes": update,
@@ -114,29 +117,52 @@ def summarize(rounds: list[dict[str, Any]], goal_overhead: float, goal_bytes: fl
     }
 
 
+#: fed-client start-up modes compared side by side: fedge's default, and Flower's own behaviour
+MODES = {"warm": (), "cold": ("--cold-start", "--active-poll-interval", "3")}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny backbone, 2 clients, 1 round (< ~1 minute)")
+    p.add_argument("--quick", action="store_true", help="tiny backbone, 2 clients, 2 rounds (about a minute per mode)")
     p.add_argument("--clients", type=int)
     p.add_argument("--rounds", type=int)
     p.add_argument("--local-epochs", type=float, default=None)
+    p.add_argument("--modes", default="warm,cold",
+                   help="fed-client modes, run one after the other: warm (fedge's default: preloaded forkserver, "
+                        "0.2 s poll while a run is active) and cold (Flower's: a new ClientApp process per "
+                        "message, 3 s poll)")
     args = p.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if not modes or any(m not in MODES for m in modes):
+        p.error(f"--modes: choose from {', '.join(MODES)}")
     clients = args.clients or (2 if args.quick else 3)
-    rounds = args.rounds or (1 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 3)
     epochs = args.local_epochs if args.local_epochs is not None else (1.0 if args.quick else 5.0)
     flags = ["--adapter", "film", "--no-federated-eval", "--eval-users", "0" if args.quick else "10",
              "--local-epochs", str(epochs), "--population-size", str(clients), "--round-timeout", "300"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="fedge-bench-") as tmp:
-        work = Path(tmp)
         if args.quick:  # a throwaway tiny backbone, so the smoke check never pretrains for minutes
-            env["FEDGE_HOME"] = str(work / "home")
+            env["FEDGE_HOME"] = str(Path(tmp) / "home")
             flags += ["--pretrain-images", "300", "--pretrain-epochs", "0.2"]
-        lines, wall = run_deployment(work, clients, rounds, flags, env, timeout_s=3000)
-    out = {"task": {"clients": clients, "rounds": rounds, "adapter": "film", "local_epochs": epochs,
-                    "client_dp": True, "user_dp": True, "tls": True, "node_auth": True, "quick": args.quick},
-           "total_wall_s": round(wall, 2)}
-    out.update(summarize(lines, goal_overhead=0.20, goal_bytes=0.01))
+        for mode in modes:
+            print(f"federation benchmark: {mode} clients ...", file=sys.stderr, flush=True)
+            lines, wall = run_deployment(Path(tmp) / mode, clients, rounds, flags, env, timeout_s=3000,
+                                         client_flags=MODES[mode])
+            results[mode] = {"total_wall_s": round(wall, 2),
+                             **summarize(lines, goal_overhead=0.20, goal_bytes=0.01)}
+    out: dict[str, Any] = {
+        "task": {"clients": clients, "rounds": rounds, "adapter": "film", "local_epochs": epochs,
+                 "client_dp": True, "user_dp": True, "tls": True, "node_auth": True, "quick": args.quick},
+        "machine_load_1min": round(os.getloadavg()[0], 2),
+        "modes": {m: {k: v for k, v in r.items() if k != "headline"} for m, r in results.items()}}
+    if {"warm", "cold"} <= results.keys():
+        def steady_round(m: str) -> float:
+            steady = results[m]["per_round"][1:] or results[m]["per_round"]
+            return statistics.mean(r["train_phase_s"] for r in steady)
+        out["steady_train_phase_s_cold_over_warm"] = round(steady_round("cold") / steady_round("warm"), 3)
+    out["headline"] = results[modes[0]]["headline"] | {"mode": modes[0]}
     print(json.dumps(out, indent=2))
     return 0
 
