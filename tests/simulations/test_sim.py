@@ -100,3 +100,17 @@ def test_ray_backend_matches_inprocess(tmp_path: Path) -> None:
     assert ray_s["backend"] == "ray" and ray_s["rounds_done"] == 1
     assert _same(_round_lines(tmp_path / "ray"), _round_lines(tmp_path / "loc"))
     assert ray_s["final_test"] == pytest.approx(loc_s["final_test"], rel=1e-7)
+
+
+def test_config_saved_before_a_setting_existed_still_matches() -> None:
+    from fedge.simulations.config import SimConfig
+    from fedge.simulations.runner import config_diff
+
+    new = json.loads(json.dumps(SimConfig().to_dict(), default=str))
+    old = json.loads(json.dumps(new))
+    for key in ("dataset", "flair_path", "image_size", "public_users", "pretrained_path"):
+        del old["federation"][key]  # a run directory written before real-FLAIR support
+    assert config_diff(old, new) == []
+    new["federation"]["public_users"] = 3
+    new["rounds"] = 1
+    assert config_diff(old, new) == ["federation.public_users", "rounds"]
