@@ -38,12 +38,15 @@ DeviceHook = Callable[[Message, Context], Device]
 
 
 def _process_age_s() -> float:
-    """Seconds since this ClientApp process started (Linux ``/proc``; 0 elsewhere): its start-up cost."""
+    """Seconds since this ClientApp process started (Linux ``/proc``; 0 elsewhere): its start-up cost.
+
+    Both ends on the boot-time clock (``/proc/uptime`` and the process start in ``/proc/self/stat``); the
+    wall clock and ``btime`` drift apart by seconds on long-running machines."""
     try:
         ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
-        boot = next(float(x.split()[1]) for x in open("/proc/stat") if x.startswith("btime"))
-        return max(0.0, time.time() - (boot + ticks / os.sysconf("SC_CLK_TCK")))
-    except (OSError, ValueError, IndexError, StopIteration):
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
         return 0.0
 
 
