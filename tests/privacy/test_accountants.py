@@ -1,6 +1,6 @@
 """Accountants: every epsilon fedge reports is cross-checked against Google's dp-accounting.
 
-Tolerances (relative): RDP vs dp_accounting RdpAccountant with the same orders: 2%. They agree to
+Tolerances (relative): RDP vs dp_accounting RdpAccountant with the same orders (fedge's ``RDP_ORDERS``): 2%. They agree to
 <0.1% for eps < 10; at eps > 20 (z < 0.8, q > 0.2) dp-accounting drops fractional orders 1.1-1.7 whose
 series it cannot converge while Opacus keeps them, and Opacus comes out up to ~2.5% lower, so the
 property test stays in z >= 0.8, q <= 0.1. PRV vs dp_accounting
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
 from fedge.errors import ConfigError
-from fedge.privacy.accountants import Accountant, PrivacyReport, calibrate_noise, compute_epsilon
+from fedge.privacy.accountants import RDP_ORDERS, Accountant, PrivacyReport, calibrate_noise, compute_epsilon
 
 CASES = [
     (1.1, 0.01, 1000, 1e-5),
@@ -36,7 +36,7 @@ def _event(z: float, q: float) -> dpa.DpEvent:
 
 
 def google_rdp(history: list[tuple[float, float, int]], delta: float) -> float:
-    acc = rdp.RdpAccountant(list(RDPAccountant.DEFAULT_ALPHAS))
+    acc = rdp.RdpAccountant(list(RDP_ORDERS))  # the same orders as fedge
     for z, q, t in history:
         acc.compose(_event(z, q), t)
     return acc.get_epsilon(delta)
@@ -133,3 +133,22 @@ def test_edge_cases_and_report() -> None:
     assert isinstance(report, PrivacyReport)
     assert (report.unit, report.delta, report.accountant, report.sampling) == ("user", 1e-5, "prv", "poisson")
     assert "per user" in str(report) and "PRV" in str(report) and "poisson" in str(report)
+
+
+@pytest.mark.parametrize("z,q,steps,delta", [(5.0, 0.0625, 1, 1e-3), (5.0, 0.01, 5, 1e-4), (10.0, 0.01, 10, 1e-5),
+                                             (2.0, 0.01, 10, 1e-5), (1.0, 1 / 16, 4, 1e-4)])
+def test_small_epsilons_use_orders_above_63(z: float, q: float, steps: int, delta: float) -> None:
+    """Where Opacus' default orders stop short ("Optimal order is the largest alpha") fedge's reach further:
+    no warning, a bound at least as tight, and still the dp-accounting value for the same orders."""
+    import warnings
+
+    default = RDPAccountant()
+    default.history = [(z, q, steps)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = compute_epsilon(z, q, steps, delta, "rdp")
+    assert not [w for w in caught if "largest alpha" in str(w.message)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert ours <= default.get_epsilon(delta) + 1e-12
+    assert ours == pytest.approx(google_rdp([(z, q, steps)], delta), rel=0.02)
