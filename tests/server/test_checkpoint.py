@@ -59,3 +59,14 @@ def test_resume_keeps_settings_and_new_run_refuses_used_dir(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="lr"):
         resolve_config(build_parser().parse_args(["--state-dir", str(tmp_path), "--resume", "--lr", "1"]), store)
     assert isinstance(args, argparse.Namespace)
+
+
+def test_fed_server_flags_select_the_real_flair_file(tmp_path: Path) -> None:
+    base = ["--state-dir", str(tmp_path), "--dataset", "flair"]
+    with pytest.raises(ConfigError, match="flair_path"):
+        resolve_config(build_parser().parse_args(base), RunStore(tmp_path))
+    args = build_parser().parse_args([*base, "--flair-path", "f.hdf5", "--public-users", "50", "--image-size", "32",
+                                      "--label-set", "coarse"])
+    cfg = resolve_config(args, RunStore(tmp_path))
+    assert (cfg.dataset, cfg.flair_path, cfg.public_users, cfg.image_size, cfg.label_set) == (
+        "flair", "f.hdf5", 50, 32, "coarse")
