@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import site
 import subprocess
 import sys
@@ -38,3 +39,14 @@ def test_wheel_installs_into_fresh_venv_and_imports_everything(tmp_path: Path) -
         "; print(fedge.__file__)"
     out = subprocess.run([str(py), "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout.strip().startswith(purelib)
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "0"), ("1", "1")])
+def test_flower_telemetry_is_off_unless_the_user_opts_in(preset: str | None, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FLWR_TELEMETRY_ENABLED"}
+    if preset is not None:
+        env["FLWR_TELEMETRY_ENABLED"] = preset
+    code = "import fedge, os, flwr.supercore.telemetry as t; print(os.environ['FLWR_TELEMETRY_ENABLED'], " \
+           "t.FLWR_TELEMETRY_ENABLED)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, expected]
