@@ -31,7 +31,8 @@ from collections.abc import Callable, Sequence
 from logging import ERROR, INFO
 
 #: imported once by the forkserver, so a task's process starts with them loaded
-PRELOAD = ("torch", "torch._dynamo", "opacus", "fedge.client.app", "fedge.client.local", "fedge.client.dp")
+PRELOAD = ("torch", "torch._dynamo", "opacus", "flwr.supernode.runtime.run_clientapp", "fedge.client.app",
+           "fedge.client.local", "fedge.client.dp")
 CLIENT_APP_TASK = "flwr-clientapp"  # flwr.supercore.constant.TaskType.CLIENT_APP
 IDLE_POLL_S = 3  # the idle SuperNode's sleep between polls in flwr 1.42.0
 
