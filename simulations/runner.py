@@ -86,8 +86,10 @@ def _progress_thread(store: RunStore, total: int, stop: threading.Event, enabled
             done = _rounds(store)
             if len(done) > bar.n:
                 last = done[-1]
-                bar.set_postfix_str(f"val macro-AP {last.get('server_macro_ap', math.nan):.3f} "
-                                    f"eps {last.get('user_eps', math.inf):.2f}")
+                evaluated = [m for m in done if "server_macro_ap" in m]  # evaluation runs every eval_every rounds
+                ap = f"val macro-AP {evaluated[-1]['server_macro_ap']:.3f} (round {evaluated[-1]['round']}) " \
+                    if evaluated else ""
+                bar.set_postfix_str(f"{ap}eps {last.get('user_eps', math.inf):.2f}")
                 bar.update(len(done) - bar.n)
         bar.close()
 
