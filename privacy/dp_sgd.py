@@ -32,10 +32,10 @@ from fedge.errors import ConfigError
 from fedge.privacy.accountants import PrivacyReport, calibrate_noise
 from fedge.privacy.ledger import PrivacyLedger, Spend
 
-#: per-sample gradient mode per adapter kind, from ``benchmarks/dp_overhead.py`` (resnet_gn_small, 28 px,
-#: batch 64, quiet machine): hooks was fastest for FiLM (0.67x vs functorch 0.55x, ghost 0.48x) and for
-#: conv LoRA (0.67x vs 0.46x, 0.41x); for the head all modes were within noise (0.93-0.98x). Ghost
-#: clipping uses ~4x less memory for LoRA; pick it via ``grad_sample_mode="ghost"`` when memory binds.
+#: per-sample gradient mode per adapter kind, from ``benchmarks/dp_overhead.py`` (docs/privacy.md): hooks
+#: was fastest for FiLM (with ``FiLM.grad_sample_only``), conv LoRA and the head; functorch and ghost
+#: were slower for FiLM and LoRA. Ghost clipping stores no per-sample gradients; pick it via
+#: ``grad_sample_mode="ghost"`` when memory binds.
 DEFAULT_MODES: dict[str, str] = {"film": "hooks", "lora": "hooks", "head": "hooks"}
 #: when several kinds are injected, the most expensive one present picks the mode
 _COST_ORDER = ("lora", "film", "head")
