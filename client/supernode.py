@@ -86,8 +86,13 @@ def install_poll_policy(policy: PollPolicy) -> None:
 
 def _run_task(runtime_api_address: str, token: str, parent_pid: int) -> None:
     """A forked task process: Flower's ``flwr-clientapp`` main for one message."""
-    from flwr.supernode.runtime.run_clientapp import run_clientapp
-    run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=True, parent_pid=parent_pid)
+    from flwr.supernode.runtime import run_clientapp as rc
+
+    from fedge.server.superlink import fast_pulls
+
+    # the task is announced before the SuperNode has stored all of the message's objects
+    rc.pull_and_inflate_object_from_tree = fast_pulls(rc.pull_and_inflate_object_from_tree)
+    rc.run_clientapp(runtime_api_address=runtime_api_address, token=token, insecure=True, parent_pid=parent_pid)
 
 
 def _noop() -> None:

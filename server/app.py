@@ -20,6 +20,7 @@ from fedge.errors import FedgeError
 from fedge.server.checkpoint import RunStore
 from fedge.server.config import FederationConfig
 from fedge.server.loop import run_federation
+from fedge.server.superlink import fast_pulls
 
 app = ServerApp()
 log = logging.getLogger("fedge.server")
@@ -29,6 +30,10 @@ log = logging.getLogger("fedge.server")
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) the federation described by the run config."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from flwr.superlink.grid import http_grid
+
+    # the deployment Grid pulls replies whose objects may still be arriving (simulation grids pull nothing)
+    http_grid.pull_objects = fast_pulls(http_grid.pull_objects)  # type: ignore[attr-defined]
     run_config = dict(context.run_config)
     state_dir = Path(str(run_config.get("state-dir", "fedge-run")))
     cfg = FederationConfig.from_mapping(run_config)
