@@ -102,7 +102,7 @@ def _noop() -> None:
 class WarmExecutor:
     """Takes ClientApp tasks from the local SuperNode's Runtime API and runs each in a forkserver child."""
 
-    def __init__(self, runtime_api_address: str, poll_s: float = 0.05, preload: Sequence[str] = PRELOAD) -> None:
+    def __init__(self, runtime_api_address: str, poll_s: float = 0.02, preload: Sequence[str] = PRELOAD) -> None:
         self.address = runtime_api_address
         self.poll_s = poll_s
         self.ctx = multiprocessing.get_context("forkserver")

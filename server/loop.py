@@ -64,7 +64,7 @@ def _secure_generator() -> torch.Generator:
 
 
 def send_round(grid: Grid, nodes: list[int], content: RecordDict, message_type: str, timeout_s: float,
-               poll_s: float = 0.25) -> tuple[list[tuple[int, Message]], list[int]]:
+               poll_s: float = 0.1) -> tuple[list[tuple[int, Message]], list[int]]:
     """Send ``content`` to ``nodes``; returns ((node, reply) pairs, nodes without a reply by ``timeout_s``).
 
     Replies are matched to nodes by message id (an error reply the SuperLink makes for a vanished node
