@@ -54,9 +54,11 @@ def test_poll_policy_is_fast_only_while_a_run_is_active() -> None:
 def test_the_flower_internals_fedge_patches_are_there() -> None:
     check_flower_internals()  # fails loudly after a Flower upgrade that moves them
     from flwr.superlink.grid import http_grid
+    from flwr.supernode import start_client_internal
     from flwr.supernode.runtime import run_clientapp
 
-    for pull in (http_grid.pull_objects, run_clientapp.pull_and_inflate_object_from_tree):
+    for pull in (http_grid.pull_objects, run_clientapp.pull_and_inflate_object_from_tree,
+                 start_client_internal.pull_objects):
         assert fast_pulls(pull).keywords == FAST_PULL_BACKOFF
     with pytest.raises(RuntimeError, match="backoff"):
         fast_pulls(lambda ids: ids)
