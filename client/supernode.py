@@ -77,7 +77,7 @@ class PollPolicy:
 
 def install_poll_policy(policy: PollPolicy) -> None:
     """Make Flower's SuperNode loop (``start_client_internal``) sleep as ``policy`` says, and retry message
-    objects the server has not finished storing after 50 ms instead of 1 s."""
+    objects the server has not finished storing after 20 ms instead of 1 s."""
     from flwr.supernode import start_client_internal as sci
 
     from fedge.server.superlink import fast_pulls

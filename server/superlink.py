@@ -29,12 +29,13 @@ import tomli_w
 from fedge.errors import ConfigError, FedgeError
 
 #: Flower 1.42 retries a message object that is not stored yet after 1 s, doubling up to 10 s. Messages are
-#: announced before their objects finish arriving, so that first retry added ~1 s to most rounds.
-FAST_PULL_BACKOFF = {"initial_backoff": 0.05, "backoff_cap": 0.5}
+#: announced before their objects finish arriving (a ClientApp task even before its SuperNode has them), so
+#: that first retry added ~1 s to most rounds; the wait is a few hundred ms, so retry every 20-100 ms.
+FAST_PULL_BACKOFF = {"initial_backoff": 0.02, "backoff_cap": 0.1}
 
 
 def fast_pulls(pull: Callable[..., Any]) -> Callable[..., Any]:
-    """``pull`` (Flower's ``pull_objects`` or ``pull_and_inflate_object_from_tree``) retrying after 50 ms."""
+    """``pull`` (Flower's ``pull_objects`` or ``pull_and_inflate_object_from_tree``) with short retries."""
     params = inspect.signature(pull).parameters
     if not all(k in params for k in FAST_PULL_BACKOFF):
         raise RuntimeError(f"{pull.__module__}.{pull.__name__} lost its backoff arguments; update "
