@@ -23,6 +23,7 @@ import argparse
 import inspect
 import multiprocessing
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -133,6 +134,13 @@ class WarmExecutor:
             c.join()
             self.children.remove(c)
 
+    def launch_cold(self, token: str) -> None:
+        """Run one task the way Flower's SuperExec does: a new ``flwr-clientapp`` process."""
+        from fedge.server.superlink import flower_bin
+
+        subprocess.Popen([flower_bin("flwr-clientapp"), "--insecure", "--runtime-api-address", self.address,
+                          "--token", token, "--parent-pid", str(os.getpid())])
+
     def serve(self, stop: threading.Event) -> None:
         """Poll the Runtime API for ClientApp tasks until ``stop`` is set."""
         from flwr.proto.runtime_pb2 import AcquireTaskRequest  # type: ignore[attr-defined]
@@ -158,7 +166,11 @@ class WarmExecutor:
                     if res.task.type != CLIENT_APP_TASK:
                         log(ERROR, "fedge warm executor: ignoring task of type %r", res.task.type)
                     else:
-                        self.launch(res.token)
+                        try:
+                            self.launch(res.token)
+                        except Exception as err:  # noqa: BLE001 - a broken forkserver must not lose the task
+                            log(ERROR, "fedge warm executor: fork failed (%r); starting a cold flwr-clientapp", err)
+                            self.launch_cold(res.token)
                         continue  # another task may be waiting already
                 stop.wait(self.poll_s)
         finally:

@@ -99,3 +99,16 @@ def test_one_round_over_tls_runs_in_warm_clientapp_processes(fedge_home: Path, t
         assert "warm ClientApp executor ready" in log, log[-2000:]
         assert "ClientApp task 1 in warm process" in log, log[-2000:]
         assert "Sent successfully" in log, log[-2000:]
+
+
+def test_cold_fallback_command_is_one_flwr_clientapp_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.supernode.cli.flwr_clientapp import _parse_args_run_flwr_clientapp
+
+    from fedge.client import supernode
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(supernode.subprocess, "Popen", lambda cmd: started.append(cmd))
+    supernode.WarmExecutor("127.0.0.1:9999", preload=()).launch_cold("tok")
+    assert len(started) == 1 and started[0][0].endswith("flwr-clientapp")
+    args = _parse_args_run_flwr_clientapp().parse_args(started[0][1:])
+    assert (args.runtime_api_address, args.token, args.insecure) == ("127.0.0.1:9999", "tok", True)
