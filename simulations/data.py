@@ -29,26 +29,17 @@ ENV = "FEDGE_SIM_DATA"
 class DataSpec:
     """Everything a worker needs to find a user's data and where its device ledger goes."""
 
-    dataset: str = "flair-style"
-    num_users: int = 1000
-    seed: int = 0
-    flair_path: str = ""
-    image_size: int = 0
-    public_users: int = 0
+    source: DataSource = DataSource()
     label_set: str = "fine"  # the label set the federation trains on
     run_dir: str = ""
-
-    @property
-    def source(self) -> DataSource:
-        return DataSource(self.dataset, self.num_users, self.seed, self.flair_path, self.image_size,
-                          self.public_users)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> DataSpec:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        return cls(**{**fields, "source": DataSource(**fields["source"])})
 
 
 def population_size(spec: DataSpec) -> int:
@@ -85,7 +76,7 @@ def describe(spec: DataSpec) -> dict[str, Any]:
         "test_users": len(user_ids(spec.source, "test")),
         "examples_median": float(np.median(sizes)) if len(sizes) else math.nan,
         "examples_mean": float(sizes.mean()) if len(sizes) else math.nan}
-    if spec.dataset == "flair":
+    if spec.source.dataset == "flair":
         out.update({"public_users": len(user_ids(spec.source, "public")), "image_shape": list(ds.image_shape),
                     "labels": {k: len(v) for k, v in ds.label_names.items()}})
     return out

@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from fedge.data.source import DataSource
 from fedge.errors import ConfigError
 from fedge.server.checkpoint import RunStore
 from fedge.simulations.config import SimConfig, resolve
@@ -33,9 +34,8 @@ log = logging.getLogger("fedge.simulations")
 
 def data_spec(cfg: SimConfig, run_dir: Path) -> DataSpec:
     fed = cfg.federation
-    return DataSpec(dataset=cfg.dataset, num_users=cfg.num_users, seed=cfg.data_seed, flair_path=cfg.flair_path,
-                    image_size=fed.image_size, public_users=fed.public_users, label_set=fed.label_set,
-                    run_dir=str(run_dir.resolve()))
+    source = DataSource(cfg.dataset, cfg.num_users, cfg.data_seed, cfg.flair_path, fed.image_size, fed.public_users)
+    return DataSpec(source, label_set=fed.label_set, run_dir=str(run_dir.resolve()))
 
 
 def prepare(cfg: SimConfig, run_dir: str | Path) -> tuple[SimConfig, DataSpec, int]:
