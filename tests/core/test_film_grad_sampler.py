@@ -10,28 +10,34 @@ from fedge.adapters import adapter_parameters, inject, parse_adapter_kinds
 from fedge.adapters.film import FiLM, per_sample_sums
 from fedge.models import create_model
 
+LOSS = torch.nn.BCEWithLogitsLoss(reduction="sum")
 
-@pytest.mark.parametrize("arch", ["resnet_gn_small", "vit_tiny"])
-@pytest.mark.parametrize("kinds", ["film", "film+lora+head"])
-def test_per_sample_gradients_match_autograd(arch: str, kinds: str) -> None:
+
+def adapted_with_reference(arch: str, kinds: str, n: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor,
+                                                                    list[list[torch.Tensor]]]:
+    """A model with perturbed ``kinds`` adapters, a batch, and each example's adapter gradients by autograd."""
     torch.manual_seed(0)
     model = create_model(arch, num_classes=10, in_chans=1)
     inject(model, parse_adapter_kinds(kinds, 10, multilabel=True))
     with torch.no_grad():
         for p in adapter_parameters(model):
             p.add_(0.05 * torch.randn_like(p))
-    x, y = torch.rand(5, 1, 32, 32), (torch.rand(5, 10) < 0.3).float()
-    lossf = torch.nn.BCEWithLogitsLoss(reduction="sum")
-
+    x, y = torch.rand(n, 1, 32, 32), (torch.rand(n, 10) < 0.3).float()
     expected = []
-    for i in range(len(x)):
+    for i in range(n):
         model.zero_grad()
-        lossf(model(x[i : i + 1]), y[i : i + 1]).backward()
+        LOSS(model(x[i : i + 1]), y[i : i + 1]).backward()
         expected.append([p.grad.detach().clone() for p in adapter_parameters(model)])
-    model.zero_grad()
+    model.zero_grad(set_to_none=True)
+    return model, x, y, expected
 
+
+@pytest.mark.parametrize("arch", ["resnet_gn_small", "vit_tiny"])
+@pytest.mark.parametrize("kinds", ["film", "film+lora+head"])
+def test_per_sample_gradients_match_autograd(arch: str, kinds: str) -> None:
+    model, x, y, expected = adapted_with_reference(arch, kinds, 5)
     gsm = GradSampleModule(model, loss_reduction="sum")  # raises if a trainable module lacks a sampler
-    lossf(gsm(x), y).backward()
+    LOSS(gsm(x), y).backward()
     for j, p in enumerate(adapter_parameters(model)):
         per_sample = p.grad_sample
         assert per_sample.shape == (len(x), *p.shape)
@@ -77,25 +83,12 @@ def test_grad_sample_only_keeps_input_grad_and_skips_summed_grad() -> None:
 @pytest.mark.parametrize("arch", ["resnet_gn_small", "vit_tiny"])
 def test_grad_sample_only_under_opacus_matches_autograd(arch: str) -> None:
     """With ``grad_sample_only`` (fedge.privacy's hooks mode) Opacus' per-sample gradients are unchanged."""
-    torch.manual_seed(0)
-    model = create_model(arch, num_classes=10, in_chans=1)
-    inject(model, parse_adapter_kinds("film+head", 10, multilabel=True))
-    with torch.no_grad():
-        for p in adapter_parameters(model):
-            p.add_(0.05 * torch.randn_like(p))
-    x, y = torch.rand(4, 1, 32, 32), (torch.rand(4, 10) < 0.3).float()
-    lossf = torch.nn.BCEWithLogitsLoss(reduction="sum")
-    expected = []
-    for i in range(len(x)):
-        model.zero_grad()
-        lossf(model(x[i : i + 1]), y[i : i + 1]).backward()
-        expected.append([p.grad.detach().clone() for p in adapter_parameters(model)])
-    model.zero_grad(set_to_none=True)
+    model, x, y, expected = adapted_with_reference(arch, "film+head", 4)
     films = [m for m in model.modules() if isinstance(m, FiLM)]
     for m in films:
         m.grad_sample_only = True
     gsm = GradSampleModule(model, loss_reduction="sum")
-    lossf(gsm(x), y).backward()
+    LOSS(gsm(x), y).backward()
     for j, p in enumerate(adapter_parameters(model)):
         for i in range(len(x)):
             torch.testing.assert_close(p.grad_sample[i], expected[i][j], rtol=1e-4, atol=1e-5)
