@@ -16,13 +16,14 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from opacus import PrivacyEngine
 from opacus.grad_sample import GradSampleModule
+from opacus.grad_sample.grad_sample_module import GradSampleHooks
 from opacus.grad_sample.gsm_base import AbstractGradSampleModule
 from opacus.utils.batch_memory_manager import BatchMemoryManager
 from torch import nn
@@ -32,14 +33,14 @@ from fedge.errors import ConfigError
 from fedge.privacy.accountants import PrivacyReport, calibrate_noise
 from fedge.privacy.ledger import PrivacyLedger, Spend
 
-#: per-sample gradient mode per adapter kind, from ``benchmarks/dp_overhead.py`` (docs/privacy.md): hooks
-#: was fastest for FiLM (with ``FiLM.grad_sample_only``), conv LoRA and the head; functorch and ghost
-#: were slower for FiLM and LoRA. Ghost clipping stores no per-sample gradients; pick it via
-#: ``grad_sample_mode="ghost"`` when memory binds.
-DEFAULT_MODES: dict[str, str] = {"film": "hooks", "lora": "hooks", "head": "hooks"}
+#: per-sample gradient mode per adapter kind, from ``benchmarks/dp_overhead.py`` (docs/privacy.md):
+#: "inline" (FiLM layers write their own per-sample gradients, Opacus' hooks take the other layers') was
+#: fastest for FiLM; hooks for conv LoRA and the head; functorch and ghost were slower for FiLM and LoRA.
+#: Ghost clipping stores no per-sample gradients; pick it via ``grad_sample_mode="ghost"`` when memory binds.
+DEFAULT_MODES: dict[str, str] = {"film": "inline", "lora": "hooks", "head": "hooks"}
 #: when several kinds are injected, the most expensive one present picks the mode
 _COST_ORDER = ("lora", "film", "head")
-MODES = ("hooks", "functorch", "ghost")
+MODES = ("inline", "hooks", "functorch", "ghost")
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class DPSGDConfig:
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     max_physical_batch_size: int = 256  # memory bound; larger logical batches are split
-    grad_sample_mode: str = "auto"  # "auto" picks DEFAULT_MODES by adapter kind
+    grad_sample_mode: str = "auto"  # "auto" picks DEFAULT_MODES by adapter kind; see MODES
 
     def __post_init__(self) -> None:
         if (self.noise_multiplier is None) == (self.target_epsilon is None):
@@ -104,12 +105,14 @@ class PerSampleLoss(nn.Module):
 
 
 def choose_mode(model: nn.Module) -> str:
-    """Per-sample gradient mode for the adapters in ``model``: the most expensive kind present decides."""
+    """Per-sample gradient mode for the adapters in ``model``: the most expensive kind present decides.
+
+    "inline" is "hooks" with FiLM layers computing their own per-sample gradients, so it replaces
+    "hooks" whenever FiLM is present.
+    """
     kinds = _adapter_kinds(model)
-    for kind in _COST_ORDER:
-        if kind in kinds:
-            return DEFAULT_MODES[kind]
-    return "hooks"
+    mode = next((DEFAULT_MODES[k] for k in _COST_ORDER if k in kinds), "hooks")
+    return "inline" if mode == "hooks" and "film" in kinds else mode
 
 
 def _adapter_kinds(model: nn.Module) -> set[str]:
@@ -140,7 +143,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     """Return the plain module, removing Opacus hooks and per-sample attributes if it was wrapped."""
     while isinstance(model, AbstractGradSampleModule):
         model = model.to_standard_module()
-    _grad_sample_only(model, False)
+    _film_per_sample(model, None)
     for p in model.parameters():
         for attr in ("grad_sample", "_forward_counter", "_current_grad_sample", "_norm_sample"):
             if hasattr(p, attr):
@@ -148,13 +151,32 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _grad_sample_only(model: nn.Module, on: bool) -> None:
-    """Let FiLM layers skip the batch-summed gradient that Opacus' DP optimizer overwrites anyway."""
+def _film_per_sample(model: nn.Module, mode: str | None) -> None:
+    """Set ``FiLM.per_sample`` on every FiLM layer (``None`` restores plain autograd)."""
     from fedge.adapters.film import FiLM
 
     for m in model.modules():
         if isinstance(m, FiLM):
-            m.grad_sample_only = on
+            m.per_sample = mode
+            m._pending = 0
+
+
+class _HooksExceptFiLM(GradSampleHooks):
+    """Opacus' per-sample-gradient hooks on every trainable layer but FiLM (which writes its own: "inline")."""
+
+    def iterate_submodules(self, module: nn.Module) -> Iterable[nn.Module]:
+        from fedge.adapters.film import FiLM
+
+        if not isinstance(module, FiLM):
+            yield from super().iterate_submodules(module)
+
+
+def _attach_hooks_except_film(model: nn.Module) -> _HooksExceptFiLM | None:
+    from fedge.adapters.film import FiLM
+
+    others = [m for m in model.modules() if not isinstance(m, FiLM)
+              and any(p.requires_grad for p in m.parameters(recurse=False))]
+    return _HooksExceptFiLM(model, batch_first=True, loss_reduction="mean") if others else None
 
 
 class _TensorBatches(Dataset[tuple[torch.Tensor, ...]]):
@@ -265,15 +287,21 @@ def train_dp_sgd(
         parts: Any = engine.make_private(
             module=model, optimizer=optimizer, data_loader=loader, criterion=criterion,
             noise_multiplier=sigma, max_grad_norm=config.max_grad_norm, poisson_sampling=True,
-            grad_sample_mode=mode, noise_generator=gen,
+            # "inline": Opacus wraps without hooks (its "no_op" mode); FiLM and _HooksExceptFiLM fill grad_sample
+            grad_sample_mode="no_op" if mode == "inline" else mode, loss_reduction="mean", noise_generator=gen,
         )
     if mode == "ghost":
         dp_model, dp_opt, dp_crit, dp_loader = parts
     else:
         (dp_model, dp_opt, dp_loader), dp_crit = parts, criterion
     losses: list[float] = []
+    hooks: _HooksExceptFiLM | None = None
     try:
-        _grad_sample_only(model, mode == "hooks")
+        # Opacus' no_op wrapper calls the wrapped module's .forward, which would skip hooks on its root.
+        forward = model if mode == "inline" else dp_model
+        if mode == "inline":
+            hooks = _attach_hooks_except_film(model)
+        _film_per_sample(model, mode if mode in ("inline", "hooks") else None)
         with warnings.catch_warnings(), BatchMemoryManager(
             data_loader=dp_loader, max_physical_batch_size=config.max_physical_batch_size, optimizer=dp_opt
         ) as mem_loader:
@@ -285,7 +313,7 @@ def train_dp_sgd(
                     x, y = x.to(device), y.to(device)
                     dp_opt.zero_grad(set_to_none=True)
                     if len(x):
-                        loss = dp_crit(dp_model(x), y)
+                        loss = dp_crit(forward(x), y)
                         loss.backward()
                         losses.append(float(loss.detach()))
                     else:
@@ -299,6 +327,8 @@ def train_dp_sgd(
                         break
                 dp_opt.zero_grad(set_to_none=True)
     finally:
+        if hooks is not None:
+            hooks.cleanup()
         unwrap(dp_model)
     taken = sum(s for _, _, s in engine.accountant.history)
     if taken != steps or {(z, q) for z, q, _ in engine.accountant.history} != {(sigma, sample_rate)}:

@@ -19,10 +19,15 @@ NORM_CHANNEL_DIM: dict[type[nn.Module], int] = {nn.GroupNorm: 1, nn.LayerNorm: -
 class FiLM(nn.Module):
     """Per-channel affine modulation; ``channel_dim`` is 1 for NCHW maps and -1 for tokens.
 
-    ``grad_sample_only`` is set by ``fedge.privacy`` while Opacus' hooks take per-sample gradients of this
-    layer: backward then skips the batch-summed gradient of ``scale`` and ``shift`` (Opacus' DP optimizer
-    replaces ``.grad`` with the clipped, noised sum of ``.grad_sample``), which is two of FiLM's three
-    full-size backward passes.
+    ``per_sample`` is set by ``fedge.privacy`` for the duration of a DP-SGD run:
+
+    * ``None``: plain autograd.
+    * ``"hooks"``: Opacus' hooks take this layer's per-sample gradients (``_film_grad_sample``); backward
+      skips the batch-summed gradient of ``scale`` and ``shift``, which Opacus' DP optimizer replaces anyway.
+    * ``"inline"``: no Opacus hooks on this layer; backward itself writes the per-sample gradients to
+      ``scale.grad_sample`` and ``shift.grad_sample`` in Opacus' format (see :meth:`_write_grad_sample`).
+      That saves the activation capture and the full-backward-hook wrappers that Opacus puts around
+      every hooked layer, which is most of the DP overhead of a FiLM-only model.
     """
 
     def __init__(self, num_channels: int, channel_dim: int = 1) -> None:
@@ -30,7 +35,8 @@ class FiLM(nn.Module):
         self.channel_dim = channel_dim
         self.scale = nn.Parameter(torch.ones(num_channels))
         self.shift = nn.Parameter(torch.zeros(num_channels))
-        self.grad_sample_only = False
+        self.per_sample: str | None = None
+        self._pending = 0  # inline forwards whose backward has not run yet
 
     def _view(self, p: torch.Tensor, ndim: int) -> torch.Tensor:
         if self.channel_dim == -1:
@@ -41,26 +47,61 @@ class FiLM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         scale, shift = self._view(self.scale, x.dim()), self._view(self.shift, x.dim())
-        if self.grad_sample_only and torch.is_grad_enabled():
-            return _InputGradOnly.apply(x, scale, shift)  # type: ignore[no-any-return]
+        if self.per_sample is None or not torch.is_grad_enabled():
+            return x * scale + shift
+        if self.per_sample == "inline":
+            if self._pending > 0:
+                # A second use before backward would need its per-sample gradients summed, not stacked.
+                raise RuntimeError("a FiLM layer was applied twice in one forward pass; use grad_sample_mode='hooks'")
+            self._pending += 1
+            return _PerSampleFiLM.apply(x, scale, shift, self)  # type: ignore[no-any-return]
+        return _PerSampleFiLM.apply(x, scale, shift, None)  # type: ignore[no-any-return]
+
+    def _write_grad_sample(self, x: torch.Tensor, grad: torch.Tensor) -> None:
+        """Store per-sample gradients the way Opacus' hooks do for ``loss_reduction="mean"``.
+
+        ``grad`` is the gradient of the batch-mean loss, so each example's own gradient is ``grad * n``
+        (Opacus scales the backprops; scaling the ``[n, C]`` sums is the same and far smaller). A second
+        backward before the optimizer step (``BatchMemoryManager``'s physical batches) appends, as in Opacus.
+        """
+        self._pending -= 1
+        d_scale, d_shift = per_sample_sums(x, grad, self.channel_dim)
+        n = grad.shape[0]
+        for p, gs in ((self.scale, d_scale), (self.shift, d_shift)):
+            if not p.requires_grad:
+                continue
+            old = getattr(p, "grad_sample", None)
+            new = gs * n
+            if old is None:
+                p.grad_sample = new  # type: ignore[attr-defined]
+            elif isinstance(old, list):
+                old.append(new)
+            else:
+                p.grad_sample = [old, new]  # type: ignore[attr-defined]
+
+
+class _PerSampleFiLM(torch.autograd.Function):
+    """``x * scale + shift`` whose backward returns the input gradient only.
+
+    With a ``film`` it also writes that layer's per-sample gradients (``FiLM.per_sample == "inline"``).
+    """
+
+    @staticmethod
+    def forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, film: FiLM | None) -> torch.Tensor:
         return x * scale + shift
 
-
-class _InputGradOnly(torch.autograd.Function):
-    """``x * scale + shift`` whose backward returns the input gradient only (see ``FiLM.grad_sample_only``)."""
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        x, scale, _, film = inputs
+        ctx.film = film
+        ctx.save_for_backward(x if film is not None else None, scale)
 
     @staticmethod
-    def forward(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-        return x * scale + shift
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        ctx.save_for_backward(inputs[1])
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
-        (scale,) = ctx.saved_tensors
-        return (grad * scale if ctx.needs_input_grad[0] else None), None, None
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:
+        x, scale = ctx.saved_tensors
+        if ctx.film is not None:
+            ctx.film._write_grad_sample(x, grad)
+        return (grad * scale if ctx.needs_input_grad[0] else None), None, None, None
 
 
 def per_sample_sums(x: torch.Tensor, g: torch.Tensor, channel_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

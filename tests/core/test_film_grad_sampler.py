@@ -60,7 +60,8 @@ def test_per_sample_sums_match_per_example_autograd(shape: tuple[int, ...], chan
         torch.testing.assert_close(d_shift[i], film.shift.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_grad_sample_only_keeps_input_grad_and_skips_summed_grad() -> None:
+@pytest.mark.parametrize("mode", ["hooks", "inline"])
+def test_per_sample_modes_keep_input_grad_and_skip_summed_grad(mode: str) -> None:
     torch.manual_seed(2)
     film = FiLM(3)
     with torch.no_grad():
@@ -70,23 +71,24 @@ def test_grad_sample_only_keeps_input_grad_and_skips_summed_grad() -> None:
     expected = x.grad.clone()
     x.grad = None
     film.zero_grad(set_to_none=True)
-    film.grad_sample_only = True
+    film.per_sample = mode
     out = film(x)
     torch.testing.assert_close(out, x * film.scale.view(1, -1, 1, 1) + film.shift.view(1, -1, 1, 1))
     out.square().sum().backward()
     torch.testing.assert_close(x.grad, expected)  # bit-for-bit the same math
     assert film.scale.grad is None and film.shift.grad is None  # Opacus' optimizer fills .grad from .grad_sample
+    assert hasattr(film.scale, "grad_sample") == (mode == "inline")
     with torch.no_grad():
         assert not film(x).requires_grad  # no graph under no_grad
 
 
 @pytest.mark.parametrize("arch", ["resnet_gn_small", "vit_tiny"])
-def test_grad_sample_only_under_opacus_matches_autograd(arch: str) -> None:
-    """With ``grad_sample_only`` (fedge.privacy's hooks mode) Opacus' per-sample gradients are unchanged."""
+def test_hooks_mode_under_opacus_matches_autograd(arch: str) -> None:
+    """With ``per_sample="hooks"`` (fedge.privacy's hooks mode) Opacus' per-sample gradients are unchanged."""
     model, x, y, expected = adapted_with_reference(arch, "film+head", 4)
     films = [m for m in model.modules() if isinstance(m, FiLM)]
     for m in films:
-        m.grad_sample_only = True
+        m.per_sample = "hooks"
     gsm = GradSampleModule(model, loss_reduction="sum")
     LOSS(gsm(x), y).backward()
     for j, p in enumerate(adapter_parameters(model)):
@@ -94,3 +96,36 @@ def test_grad_sample_only_under_opacus_matches_autograd(arch: str) -> None:
             torch.testing.assert_close(p.grad_sample[i], expected[i][j], rtol=1e-4, atol=1e-5)
     assert all(m.scale.grad is None for m in films)
     gsm._close()
+
+
+@pytest.mark.parametrize("arch", ["resnet_gn_small", "vit_tiny"])
+def test_inline_per_sample_gradients_match_autograd(arch: str) -> None:
+    """``per_sample="inline"``: FiLM's own backward writes each example's gradient, in Opacus' format.
+
+    The loss is a batch mean (Opacus' ``loss_reduction="mean"``), so ``grad_sample[i]`` must be the
+    gradient of example i's own loss; two backward passes before a step (physical batches) stack as a list.
+    """
+    model, x, y, expected = adapted_with_reference(arch, "film", 5)
+    films = [m for m in model.modules() if isinstance(m, FiLM)]
+    for m in films:
+        m.per_sample = "inline"
+    mean_loss = torch.nn.BCEWithLogitsLoss(reduction="none")
+    for part in (slice(0, 3), slice(3, 5)):
+        mean_loss(model(x[part]), y[part]).sum(1).mean().backward()
+    for j, p in enumerate(adapter_parameters(model)):
+        assert isinstance(p.grad_sample, list) and [len(g) for g in p.grad_sample] == [3, 2]
+        assert p.grad is None
+        per_sample = torch.cat(p.grad_sample)
+        for i in range(len(x)):
+            torch.testing.assert_close(per_sample[i], expected[i][j], rtol=1e-4, atol=1e-5)
+
+
+def test_inline_refuses_a_layer_applied_twice() -> None:
+    film = FiLM(3)
+    film.per_sample = "inline"
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(RuntimeError, match="applied twice"):
+        film(film(x))
+    film.per_sample, film._pending = "inline", 0
+    film(x).sum().backward()  # one use per forward is fine, and backward settles the count
+    assert film._pending == 0 and film.scale.grad_sample.shape == (2, 3)

@@ -33,10 +33,11 @@ def _data(n: int = 24, size: int = 8, seed: int = 0) -> TensorDataset:
 
 
 def _model(kind: str) -> nn.Module:
+    """resnet_gn_small with ``kind`` adapters ("film", "head", or several joined by "+")."""
     torch.manual_seed(0)
     model = create_model("resnet_gn_small", num_classes=10, in_chans=1)
-    specs = [AdapterSpec(kind="head", num_classes=10)] if kind == "head" else [AdapterSpec(kind=kind)]
-    return inject(model, specs)
+    return inject(model, [AdapterSpec(kind=k, num_classes=10) if k == "head" else AdapterSpec(kind=k)
+                          for k in kind.split("+")])
 
 
 def _hook_count(model: nn.Module) -> int:
@@ -46,6 +47,7 @@ def _hook_count(model: nn.Module) -> int:
 @pytest.mark.parametrize(
     "kind,mode",
     [
+        ("film", "inline"),
         ("film", "hooks"),
         ("head", "hooks"),
         ("film", "ghost"),
@@ -173,26 +175,33 @@ def test_unfrozen_backbone_is_refused(ledger: PrivacyLedger) -> None:
 def test_auto_mode_follows_benchmark_table(ledger: PrivacyLedger) -> None:
     from fedge.privacy.dp_sgd import DEFAULT_MODES, choose_mode
 
-    assert choose_mode(_model("film")) == DEFAULT_MODES["film"]
-    assert choose_mode(_model("head")) == DEFAULT_MODES["head"]
+    assert choose_mode(_model("film")) == DEFAULT_MODES["film"] == "inline"
+    assert choose_mode(_model("head")) == DEFAULT_MODES["head"] == "hooks"
+    film_head = inject(create_model("resnet_gn_small", num_classes=10, in_chans=1),
+                       [AdapterSpec(kind="film"), AdapterSpec(kind="head", num_classes=10)])
+    assert choose_mode(film_head) == "inline"  # FiLM inline, the head through Opacus' hooks
     both = inject(create_model("resnet_gn_small", num_classes=10, in_chans=1),
                   [AdapterSpec(kind="film"), AdapterSpec(kind="lora"), AdapterSpec(kind="head", num_classes=10)])
-    assert choose_mode(both) == DEFAULT_MODES["lora"]
+    assert DEFAULT_MODES["lora"] == "hooks" and choose_mode(both) == "inline"
     r = train_dp_sgd(both, _data(), ledger=ledger, run="r", round=1, subject="c", seed=0,
                      config=DPSGDConfig(batch_size=8, steps=1, noise_multiplier=1.0))
-    assert r.grad_sample_mode == DEFAULT_MODES["lora"]
+    assert r.grad_sample_mode == "inline"
 
 
-@pytest.mark.parametrize("kind", ["head", "film"])
+@pytest.mark.parametrize("kind", ["head", "film", "film+lora+head"])
 def test_modes_agree_on_clipped_update_multilabel(kind: str, tmp_path: Path) -> None:
-    """hooks and ghost clipping give the same clipped step (sigma=0, q=1) for a multi-label BCE loss."""
+    """inline, hooks and ghost clipping give the same clipped step (sigma=0, q=1) for a multi-label BCE loss.
+
+    With several kinds, inline mixes FiLM's own per-sample gradients with Opacus' hooks on LoRA and the head;
+    one clip must bound them jointly.
+    """
     g = torch.Generator().manual_seed(3)
     data = TensorDataset(torch.randn(12, 1, 8, 8, generator=g), (torch.rand(12, 10, generator=g) > 0.7).float())
     loss = nn.BCEWithLogitsLoss()
     steps = {}
     with PrivacyLedger(tmp_path / "l.db") as ledger:
         ledger.open_run("free", epsilon=math.inf, delta=1e-5)
-        for mode in ("hooks", "ghost"):
+        for mode in ("inline", "hooks", "ghost"):
             model = _model(kind)
             before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
             cfg = DPSGDConfig(batch_size=12, steps=1, lr=1.0, max_grad_norm=0.05, noise_multiplier=0.0,
@@ -203,6 +212,7 @@ def test_modes_agree_on_clipped_update_multilabel(kind: str, tmp_path: Path) -> 
     assert loss.reduction == "mean"  # the caller's loss is not modified
     assert steps["hooks"].norm() <= 0.05 * (1 + 1e-4)  # mean of 12 clipped grads, lr 1
     assert torch.allclose(steps["hooks"], steps["ghost"], atol=1e-6, rtol=1e-4)
+    assert torch.allclose(steps["hooks"], steps["inline"], atol=1e-6, rtol=1e-4)
 
 
 def test_empty_poisson_batches_still_take_noised_steps(tmp_path: Path) -> None:
@@ -210,7 +220,7 @@ def test_empty_poisson_batches_still_take_noised_steps(tmp_path: Path) -> None:
     data = TensorDataset(torch.randn(3, 5), torch.randint(0, 3, (3,)))
     with PrivacyLedger(tmp_path / "l.db") as ledger:
         ledger.open_run("r", epsilon=1e9, delta=1e-5)
-        for mode in ("hooks", "ghost"):
+        for mode in ("inline", "hooks", "ghost"):
             torch.manual_seed(0)
             model = nn.Linear(5, 3)
             snaps = [model.weight.detach().clone()]
@@ -265,7 +275,10 @@ def test_every_zoo_backbone(arch: str, size: int, kind: str, ledger: PrivacyLedg
 
 
 def test_film_clipped_step_equals_per_example_reference(ledger: PrivacyLedger) -> None:
-    """FiLM, hooks (the default), q=1, sigma=0: the step is -lr * mean_i g_i * min(1, C/|g_i|) exactly."""
+    """FiLM, every mode, q=1, sigma=0: the step is -lr * mean_i g_i * min(1, C/|g_i|) exactly.
+
+    The inline default also splits the batch (max_physical_batch_size=4), so two backward passes stack.
+    """
     from fedge.adapters import adapter_parameters
 
     data, clip, lr = _data(n=6, size=12, seed=4), 0.05, 1.0
@@ -279,14 +292,19 @@ def test_film_clipped_step_equals_per_example_reference(ledger: PrivacyLedger) -
         clipped.append(g * min(1.0, clip / (g.norm().item() + 1e-6)))
     assert max(c.norm() for c in clipped) == pytest.approx(clip, rel=1e-4)  # the bound binds
     model.zero_grad(set_to_none=True)
-    before = torch.cat([p.detach().flatten() for p in params])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
     ledger.open_run("free", epsilon=math.inf, delta=1e-5)
-    cfg = DPSGDConfig(batch_size=6, steps=1, lr=lr, max_grad_norm=clip, noise_multiplier=0.0)
-    r = train_dp_sgd(model, data, ledger=ledger, run="free", round=1, subject="c", config=cfg, seed=0)
-    assert r.grad_sample_mode == "hooks"
-    step = torch.cat([p.detach().flatten() for p in params]) - before
-    torch.testing.assert_close(step, -lr * torch.stack(clipped).mean(0), rtol=1e-4, atol=1e-7)
-    assert not any(getattr(m, "grad_sample_only", False) for m in model.modules())  # reset on the way out
+    for mode in ("auto", "hooks", "functorch", "ghost"):
+        model.load_state_dict(start)
+        before = torch.cat([p.detach().flatten() for p in params])
+        cfg = DPSGDConfig(batch_size=6, steps=1, lr=lr, max_grad_norm=clip, noise_multiplier=0.0,
+                          grad_sample_mode=mode, max_physical_batch_size=4 if mode == "auto" else 256)
+        r = train_dp_sgd(model, data, ledger=ledger, run="free", round=1, subject=mode, config=cfg, seed=0)
+        assert r.grad_sample_mode == ("inline" if mode == "auto" else mode)
+        step = torch.cat([p.detach().flatten() for p in params]) - before
+        torch.testing.assert_close(step, -lr * torch.stack(clipped).mean(0), rtol=1e-4, atol=1e-7, msg=mode)
+        assert not any(getattr(m, "per_sample", None) for m in model.modules())  # reset on the way out
+        assert not any(hasattr(p, "grad_sample") for p in model.parameters())
 
 
 def test_tensor_batches_draw_the_same_poisson_batches(ledger: PrivacyLedger) -> None:
