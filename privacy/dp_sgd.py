@@ -158,7 +158,6 @@ def _film_per_sample(model: nn.Module, mode: str | None) -> None:
     for m in model.modules():
         if isinstance(m, FiLM):
             m.per_sample = mode
-            m._pending = 0
 
 
 class _HooksExceptFiLM(GradSampleHooks):
@@ -297,8 +296,6 @@ def train_dp_sgd(
     losses: list[float] = []
     hooks: _HooksExceptFiLM | None = None
     try:
-        # Opacus' no_op wrapper calls the wrapped module's .forward, which would skip hooks on its root.
-        forward = model if mode == "inline" else dp_model
         if mode == "inline":
             hooks = _attach_hooks_except_film(model)
         _film_per_sample(model, mode if mode in ("inline", "hooks") else None)
@@ -313,7 +310,9 @@ def train_dp_sgd(
                     x, y = x.to(device), y.to(device)
                     dp_opt.zero_grad(set_to_none=True)
                     if len(x):
-                        loss = dp_crit(forward(x), y)
+                        # The model itself, not Opacus' wrapper: the wrappers only delegate to it, except the
+                        # no_op one ("inline"), which calls .forward and so would skip hooks on the root module.
+                        loss = dp_crit(model(x), y)
                         loss.backward()
                         losses.append(float(loss.detach()))
                     else:

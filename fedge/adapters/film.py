@@ -35,7 +35,15 @@ class FiLM(nn.Module):
         self.channel_dim = channel_dim
         self.scale = nn.Parameter(torch.ones(num_channels))
         self.shift = nn.Parameter(torch.zeros(num_channels))
-        self.per_sample: str | None = None
+        self.per_sample = None
+
+    @property
+    def per_sample(self) -> str | None:
+        return self._per_sample
+
+    @per_sample.setter
+    def per_sample(self, mode: str | None) -> None:
+        self._per_sample = mode
         self._pending = 0  # inline forwards whose backward has not run yet
 
     def _view(self, p: torch.Tensor, ndim: int) -> torch.Tensor:
