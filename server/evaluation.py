@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from functools import cached_property
 
 from flwr.app import Message
 from torch import nn
@@ -29,36 +30,29 @@ class ServerEvaluator:
         self.task = task_for(cfg)
         self.pretrain = self.task.pretrain
         self.specs = specs_for(cfg.adapter, self.task.num_classes)
-        self._model: nn.Module | None = None
-        self._data: UserData | None = None
-        self._data_loaded = False
 
     def initial_state(self) -> AdapterState:
         return initial_state(self.pretrain, self.specs, seed=self.cfg.seed)
 
-    def _built(self) -> nn.Module:
-        if self._model is None:
-            self._model = adapted_model(self.pretrain, self.specs, seed=self.cfg.seed)
-        return self._model
+    @cached_property
+    def _model(self) -> nn.Module:
+        return adapted_model(self.pretrain, self.specs, seed=self.cfg.seed)
 
+    @cached_property
     def _held_out(self) -> UserData | None:
-        if not self._data_loaded:
-            self._data = pooled(self.task.source, "val", self.cfg.eval_users) if self.cfg.eval_users > 0 else None
-            self._data_loaded = True
-        return self._data
+        return pooled(self.task.source, "val", self.cfg.eval_users) if self.cfg.eval_users > 0 else None
 
     def evaluate(self, state: AdapterState) -> dict[str, float]:
         """Macro/micro AP of the backbone with ``state`` on the held-out users' ``label_set`` labels."""
-        data = self._held_out()
+        data = self._held_out
         if data is None:
             return {}
-        model = self._built()
-        load_adapter_state(model, state)
-        return evaluate(model, data.images, data.labels[self.cfg.label_set], multilabel=True)
+        load_adapter_state(self._model, state)
+        return evaluate(self._model, data.images, data.labels[self.cfg.label_set], multilabel=True)
 
     def full_model_bytes(self) -> int:
         """Bytes of the whole model (backbone + adapters) in float32: what full fine-tuning would send."""
-        return int(sum(t.numel() * t.element_size() for t in self._built().state_dict().values()))
+        return int(sum(t.numel() * t.element_size() for t in self._model.state_dict().values()))
 
 
 def aggregate_client_metrics(replies: Iterable[Message]) -> dict[str, float]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -79,11 +79,9 @@ def task_for(cfg: FederationConfig) -> Task:
     if h != w:
         raise DataError(f"{cfg.flair_path} has {h}x{w} images; set image_size to train on square inputs")
     ids = fingerprint(src) + (base.inputs_id and "+" + base.inputs_id)
-    pretrain = PretrainConfig(arch=cfg.arch, num_images=cfg.pretrain_images, epochs=cfg.pretrain_epochs,
-                              in_chans=c, image_size=h, num_classes=n, label_set=cfg.label_set,
-                              flair_path=str(Path(cfg.flair_path).expanduser().resolve()),
-                              public_users=cfg.public_users, weights=weights,
-                              inputs_id=hashlib.sha256(ids.encode()).hexdigest()[:16])
+    pretrain = replace(base, in_chans=c, image_size=h, num_classes=n, label_set=cfg.label_set,
+                       flair_path=str(Path(cfg.flair_path).expanduser().resolve()),
+                       public_users=cfg.public_users, inputs_id=hashlib.sha256(ids.encode()).hexdigest()[:16])
     return Task(src, cfg.label_set, n, pretrain)
 
 
